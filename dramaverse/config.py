@@ -1,0 +1,277 @@
+"""Settings from the environment and an optional ``.env`` file, validated once at start.
+
+Names follow the original Node server (PORT, JWT_SECRET, CORS_ALLOWED_ORIGINS, SOCKET_IO_PATH,
+REDIS_URL) plus our own. Real environment variables win over ``.env``. Any invalid value raises
+:class:`~dramaverse.errors.ConfigError` with one line that names the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+from dramaverse.errors import ConfigError
+
+PLACEHOLDER_SECRET = "replace-this-with-a-very-long-and-random-string"
+MIN_SECRET_LENGTH = 32
+DEFAULT_ORIGINS = ("http://localhost:5173", "http://127.0.0.1:5173")
+SECRET_FILE_NAME = "jwt_secret"
+ENVIRONMENTS = ("development", "production", "test")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``limit`` requests per ``window`` seconds per client address."""
+
+    limit: int
+    window: float
+
+    @property
+    def policy(self) -> str:
+        return f"{self.limit};w={int(self.window)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    env: str = "development"
+    host: str = "0.0.0.0"
+    port: int = 3001
+    data_dir: Path = Path("data")
+    database_url: str = ""
+    jwt_secret: str | None = None
+    jwt_ttl_seconds: int = 24 * 3600
+    cors_allowed_origins: tuple[str, ...] = DEFAULT_ORIGINS
+    socket_io_path: str = "/socket.io/"
+    redis_url: str | None = None
+    trust_proxy: int = 0
+    rate_limit_auth: RateLimit | None = RateLimit(10, 30 * 60)
+    rate_limit_user: RateLimit | None = RateLimit(200, 15 * 60)
+    max_body_bytes: int = 100 * 1024
+    bcrypt_rounds: int = 12
+    catalog_poll_seconds: float = 2.0
+    shutdown_grace_seconds: float = 10.0
+    log_level: str = "INFO"
+    access_log: bool = False
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite file named by ``database_url``."""
+        return sqlite_path_from_url(self.database_url)
+
+    @property
+    def secret_file(self) -> Path:
+        return self.data_dir / SECRET_FILE_NAME
+
+    def with_secret(self) -> Settings:
+        """Return settings with a JWT secret, creating the development one if needed.
+
+        In development without JWT_SECRET a random secret is generated once and kept in the data
+        directory (mode 0600), so tokens survive restarts. Production never gets here without one.
+        """
+        if self.jwt_secret is not None:
+            return self
+        if self.env == "production":
+            raise ConfigError("JWT_SECRET is required when DRAMAVERSE_ENV=production.")
+        path = self.secret_file
+        if path.exists():
+            secret = path.read_text(encoding="utf-8").strip()
+            _check_secret(secret, f"the secret in {path}")
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            secret = secrets.token_hex(32)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(secret + "\n")
+        return dataclasses.replace(self, jwt_secret=secret)
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, dotenv_path: Path | None = Path(".env")
+) -> Settings:
+    """Read and validate settings; raise ConfigError on the first invalid value."""
+    env: dict[str, str] = {}
+    if dotenv_path is not None and dotenv_path.is_file():
+        env.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+    env.update(os.environ if environ is None else environ)
+
+    def get(name: str) -> str | None:
+        value = env.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    mode = get("DRAMAVERSE_ENV") or "development"
+    if mode not in ENVIRONMENTS:
+        raise ConfigError(f"DRAMAVERSE_ENV must be one of {', '.join(ENVIRONMENTS)}, not {mode!r}.")
+    data_dir = Path(get("DRAMAVERSE_DATA_DIR") or "data")
+    database_url = get("DATABASE_URL") or f"sqlite:///{data_dir / 'dramaverse.db'}"
+    _check_database_url(database_url)
+
+    secret = get("JWT_SECRET")
+    if secret is not None:
+        _check_secret(secret, "JWT_SECRET")
+    elif mode == "production":
+        raise ConfigError("JWT_SECRET is required when DRAMAVERSE_ENV=production.")
+
+    origins: tuple[str, ...] = DEFAULT_ORIGINS
+    raw_origins = get("CORS_ALLOWED_ORIGINS")
+    if raw_origins is not None:
+        origins = tuple(o.strip() for o in raw_origins.split(",") if o.strip())
+        for origin in origins:
+            _check_origin(origin)
+
+    socket_io_path = get("SOCKET_IO_PATH") or "/socket.io/"
+    if (
+        not (socket_io_path.startswith("/") and socket_io_path.endswith("/"))
+        or len(socket_io_path) < 3
+    ):
+        raise ConfigError(
+            "SOCKET_IO_PATH must start and end with '/', like /socket.io/ "
+            f"(got {socket_io_path!r})."
+        )
+
+    redis_url = get("REDIS_URL")
+    if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"REDIS_URL must be a redis://, rediss:// or unix:// URL (got {redis_url!r})."
+        )
+
+    log_level = (get("LOG_LEVEL") or "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(
+            f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL (got {log_level!r})."
+        )
+
+    return Settings(
+        env=mode,
+        host=get("HOST") or "0.0.0.0",
+        port=_int(get("PORT"), "PORT", 3001, 0, 65535),
+        data_dir=data_dir,
+        database_url=database_url,
+        jwt_secret=secret,
+        jwt_ttl_seconds=_int(get("JWT_TTL_SECONDS"), "JWT_TTL_SECONDS", 24 * 3600, 60, 366 * 86400),
+        cors_allowed_origins=origins,
+        socket_io_path=socket_io_path,
+        redis_url=redis_url,
+        trust_proxy=_trust_proxy(get("TRUST_PROXY")),
+        rate_limit_auth=_rate_limit(get("RATE_LIMIT_AUTH"), "RATE_LIMIT_AUTH", RateLimit(10, 1800)),
+        rate_limit_user=_rate_limit(get("RATE_LIMIT_USER"), "RATE_LIMIT_USER", RateLimit(200, 900)),
+        max_body_bytes=_int(get("MAX_BODY_BYTES"), "MAX_BODY_BYTES", 100 * 1024, 1024, 16 << 20),
+        bcrypt_rounds=_int(get("BCRYPT_ROUNDS"), "BCRYPT_ROUNDS", 12, 4, 16),
+        catalog_poll_seconds=_float(
+            get("CATALOG_POLL_SECONDS"), "CATALOG_POLL_SECONDS", 2.0, 0.05, 3600
+        ),
+        shutdown_grace_seconds=_float(
+            get("SHUTDOWN_GRACE_SECONDS"), "SHUTDOWN_GRACE_SECONDS", 10.0, 0.0, 600
+        ),
+        log_level=log_level,
+        access_log=_bool(get("ACCESS_LOG"), "ACCESS_LOG", False),
+    )
+
+
+def sqlite_path_from_url(url: str) -> Path:
+    """``sqlite:///relative.db`` or ``sqlite:////absolute.db`` -> a path."""
+    if not url.startswith("sqlite:///"):
+        raise ConfigError(f"DATABASE_URL is not a sqlite:/// URL: {url!r}.")
+    return Path(url.removeprefix("sqlite:///"))
+
+
+def _check_database_url(url: str) -> None:
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        if not url.startswith("sqlite:///") or url == "sqlite:///":
+            raise ConfigError(
+                "DATABASE_URL for SQLite must look like sqlite:///relative/path.db or "
+                f"sqlite:////absolute/path.db (got {url!r})."
+            )
+    elif scheme in ("postgres", "postgresql"):
+        raise ConfigError(
+            "DATABASE_URL=postgresql://... is not supported by this version yet; "
+            "use a sqlite:/// URL or leave it unset."
+        )
+    else:
+        raise ConfigError(f"DATABASE_URL must be a sqlite:/// URL (got scheme {scheme!r}).")
+
+
+def _check_secret(secret: str, where: str) -> None:
+    if secret == PLACEHOLDER_SECRET:
+        raise ConfigError(f"{where} is the placeholder from the example .env; set a random secret.")
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            f"{where} is too short: use at least {MIN_SECRET_LENGTH} random characters "
+            "(for example: python -c 'import secrets; print(secrets.token_hex(32))')."
+        )
+
+
+_ORIGIN_RE = re.compile(r"^https?://[^/\s?#]+$")
+
+
+def _check_origin(origin: str) -> None:
+    if not _ORIGIN_RE.match(origin):
+        raise ConfigError(
+            "CORS_ALLOWED_ORIGINS entries must be origins like https://app.example.com "
+            f"(scheme and host, no path): {origin!r}."
+        )
+
+
+def _int(raw: str | None, name: str, default: int, low: int, high: int) -> int:
+    if raw is None:
+        return default
+    if not re.fullmatch(r"[0-9]+", raw) or not low <= int(raw) <= high:
+        raise ConfigError(f"{name} must be an integer from {low} to {high} (got {raw!r}).")
+    return int(raw)
+
+
+def _float(raw: str | None, name: str, default: float, low: float, high: float) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be a number from {low:g} to {high:g} (got {raw!r}).")
+    return value
+
+
+def _bool(raw: str | None, name: str, default: bool) -> bool:
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false (got {raw!r}).")
+
+
+def _trust_proxy(raw: str | None) -> int:
+    """Number of proxy hops whose X-Forwarded-For entries are trusted (0 = none)."""
+    if raw is None:
+        return 0
+    lowered = raw.lower()
+    if lowered in ("true", "yes", "on"):
+        return 1
+    if lowered in ("false", "no", "off"):
+        return 0
+    return _int(raw, "TRUST_PROXY", 0, 0, 32)
+
+
+def _rate_limit(raw: str | None, name: str, default: RateLimit) -> RateLimit | None:
+    if raw is None:
+        return default
+    if raw.lower() in ("off", "0", "none", "false"):
+        return None
+    match = re.fullmatch(r"([0-9]+)\s*/\s*([0-9]+)", raw)
+    if not match or int(match[1]) < 1 or int(match[2]) < 1:
+        raise ConfigError(f"{name} must be COUNT/SECONDS like 200/900, or off (got {raw!r}).")
+    return RateLimit(int(match[1]), float(match[2]))

@@ -1,0 +1,88 @@
+"""One exception tree for the whole server; ``http/`` maps it to status codes.
+
+::
+
+    DramaverseError                 status 500 unless a subclass says otherwise
+    ├── ConfigError                 invalid settings: the process stops with one line
+    ├── StorageUnavailable (503)    the database cannot be reached right now
+    ├── BadRequest (400)            malformed or invalid input; nothing was changed
+    ├── Unauthorized (401)          missing, invalid or expired credentials
+    ├── Forbidden (403)             authenticated or not, this is not allowed (e.g. CORS)
+    ├── NotFound (404)              the addressed resource does not exist
+    ├── MethodNotAllowed (405)
+    ├── Conflict (409)              a write lost against a newer stored version
+    │   └── UsernameTaken
+    ├── PayloadTooLarge (413)
+    ├── TooManyRequests (429)
+    └── ServiceUnavailable (503)
+
+Every error carries ``message``, the human-readable text sent as ``{"message": ...}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class DramaverseError(Exception):
+    """Base of every error the server raises on purpose."""
+
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(DramaverseError):
+    """The configuration is invalid; the process refuses to start."""
+
+
+class BadRequest(DramaverseError):
+    status = 400
+
+
+class Unauthorized(DramaverseError):
+    status = 401
+
+
+class Forbidden(DramaverseError):
+    status = 403
+
+
+class NotFound(DramaverseError):
+    status = 404
+
+
+class MethodNotAllowed(DramaverseError):
+    status = 405
+
+
+class Conflict(DramaverseError):
+    """A write lost against a newer version; ``extra`` is merged into the JSON body."""
+
+    status = 409
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
+class UsernameTaken(Conflict):
+    pass
+
+
+class PayloadTooLarge(DramaverseError):
+    status = 413
+
+
+class TooManyRequests(DramaverseError):
+    status = 429
+
+
+class ServiceUnavailable(DramaverseError):
+    status = 503
+
+
+class StorageUnavailable(ServiceUnavailable):
+    """The database is unreachable; requests get 503 and may be retried."""

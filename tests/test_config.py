@@ -1,0 +1,130 @@
+"""Configuration: defaults, .env, validation errors, the development secret."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dramaverse.config import DEFAULT_ORIGINS, PLACEHOLDER_SECRET, RateLimit, load_settings
+from dramaverse.errors import ConfigError
+
+GOOD_SECRET = "s" * 40
+
+
+def test_defaults() -> None:
+    settings = load_settings({}, dotenv_path=None)
+    assert settings.port == 3001
+    assert settings.env == "development"
+    assert settings.cors_allowed_origins == DEFAULT_ORIGINS
+    assert settings.socket_io_path == "/socket.io/"
+    assert settings.database_url == "sqlite:///data/dramaverse.db"
+    assert settings.rate_limit_auth == RateLimit(10, 1800)
+    assert settings.rate_limit_user == RateLimit(200, 900)
+    assert settings.trust_proxy == 0
+    assert settings.jwt_secret is None
+
+
+def test_environment_values() -> None:
+    settings = load_settings(
+        {
+            "PORT": "8080",
+            "JWT_SECRET": GOOD_SECRET,
+            "CORS_ALLOWED_ORIGINS": "https://a.example, https://b.example:8443",
+            "SOCKET_IO_PATH": "/dramaverse/socket.io/",
+            "DRAMAVERSE_DATA_DIR": "/tmp/dv",
+            "TRUST_PROXY": "true",
+            "RATE_LIMIT_USER": "off",
+            "RATE_LIMIT_AUTH": "5/60",
+        },
+        dotenv_path=None,
+    )
+    assert settings.port == 8080
+    assert settings.cors_allowed_origins == ("https://a.example", "https://b.example:8443")
+    assert settings.socket_io_path == "/dramaverse/socket.io/"
+    assert settings.database_url == "sqlite:////tmp/dv/dramaverse.db"
+    assert settings.trust_proxy == 1
+    assert settings.rate_limit_user is None
+    assert settings.rate_limit_auth == RateLimit(5, 60)
+
+
+def test_dotenv_file_is_read_and_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f'PORT=4000\nJWT_SECRET="{GOOD_SECRET}"\nLOG_LEVEL=debug\n')
+    settings = load_settings({"PORT": "5000"}, dotenv_path=env_file)
+    assert settings.port == 5000
+    assert settings.jwt_secret == GOOD_SECRET
+    assert settings.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("environ", "fragment"),
+    [
+        ({"JWT_SECRET": PLACEHOLDER_SECRET}, "placeholder"),
+        ({"JWT_SECRET": "short"}, "too short"),
+        ({"DRAMAVERSE_ENV": "production"}, "JWT_SECRET is required"),
+        ({"DRAMAVERSE_ENV": "staging"}, "DRAMAVERSE_ENV"),
+        ({"PORT": "http"}, "PORT"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"CORS_ALLOWED_ORIGINS": "localhost:5173"}, "CORS_ALLOWED_ORIGINS"),
+        ({"CORS_ALLOWED_ORIGINS": "https://a.example/path"}, "CORS_ALLOWED_ORIGINS"),
+        ({"SOCKET_IO_PATH": "socket.io"}, "SOCKET_IO_PATH"),
+        ({"REDIS_URL": "http://localhost"}, "REDIS_URL"),
+        ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "sqlite:///"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://localhost/db"}, "DATABASE_URL"),
+        ({"RATE_LIMIT_AUTH": "ten"}, "RATE_LIMIT_AUTH"),
+        ({"RATE_LIMIT_USER": "0/10"}, "RATE_LIMIT_USER"),
+        ({"TRUST_PROXY": "maybe"}, "TRUST_PROXY"),
+        ({"BCRYPT_ROUNDS": "3"}, "BCRYPT_ROUNDS"),
+        ({"MAX_BODY_BYTES": "-1"}, "MAX_BODY_BYTES"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"ACCESS_LOG": "sometimes"}, "ACCESS_LOG"),
+        ({"CATALOG_POLL_SECONDS": "nan"}, "CATALOG_POLL_SECONDS"),
+    ],
+)
+def test_invalid_configuration_is_one_clear_error(environ: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ, dotenv_path=None)
+    assert fragment in info.value.message
+    assert "\n" not in info.value.message
+
+
+def test_development_secret_is_generated_once_and_private(tmp_path: Path) -> None:
+    settings = load_settings({"DRAMAVERSE_DATA_DIR": str(tmp_path)}, dotenv_path=None)
+    first = settings.with_secret()
+    assert first.jwt_secret is not None
+    assert len(first.jwt_secret) >= 32
+    mode = stat.S_IMODE(os.stat(settings.secret_file).st_mode)
+    assert mode == 0o600
+    second = load_settings({"DRAMAVERSE_DATA_DIR": str(tmp_path)}, dotenv_path=None).with_secret()
+    assert second.jwt_secret == first.jwt_secret
+
+
+def test_explicit_secret_is_used_as_is(tmp_path: Path) -> None:
+    settings = load_settings(
+        {"DRAMAVERSE_DATA_DIR": str(tmp_path), "JWT_SECRET": GOOD_SECRET}, dotenv_path=None
+    ).with_secret()
+    assert settings.jwt_secret == GOOD_SECRET
+    assert not settings.secret_file.exists()
+
+
+def test_cli_reports_invalid_configuration_on_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "JWT_SECRET": PLACEHOLDER_SECRET, "DRAMAVERSE_DATA_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "dramaverse", "migrate"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("dramaverse: error: JWT_SECRET")
