@@ -1,0 +1,403 @@
+"""The embedded SQLite backend: a file on disk, WAL mode, foreign keys on.
+
+SQLite calls block, so each storage call runs in a worker thread (``trio.to_thread``) and the Trio
+loop never waits on the disk. One writer connection serialises writes (SQLite allows one writer
+anyway); a small pool of reader connections serves reads concurrently thanks to WAL.
+
+Resource handling: :func:`open_sqlite` opens every connection and closes them on exit, shielded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from dramaverse.domain.library import (
+    SaveEpisodeReview,
+    SetFavorite,
+    SetStatus,
+    favorite_event,
+    review_event,
+    status_event,
+)
+from dramaverse.errors import Conflict, NotFound, StorageUnavailable, Unauthorized, UsernameTaken
+from dramaverse.storage.base import CatalogRow, ImportResult, Library, UserRecord, WriteResult
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+ProgressFn = Callable[[int, int], None]
+
+_MIGRATIONS_PACKAGE = "dramaverse.storage.migrations.sqlite"
+_BUSY_TIMEOUT_MS = 5000
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every bundled migration, in order."""
+    found = []
+    for entry in resources.files(_MIGRATIONS_PACKAGE).iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name.removesuffix(".sql"), entry.read_text("utf-8")))
+    found.sort()
+    return found
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+    conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+class SqliteStorage:
+    """Storage on one SQLite file. Create with :func:`open_sqlite`."""
+
+    def __init__(self, path: Path, readers: int = 2) -> None:
+        self.path = path
+        self._reader_count = readers
+        self._writer: sqlite3.Connection | None = None
+        self._readers: list[sqlite3.Connection] = []
+        self._write_limiter = trio.CapacityLimiter(1)
+        self._read_limiter = trio.CapacityLimiter(readers)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _open_all(self) -> None:
+        if self.path.parent != Path():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        writer = _connect(self.path)
+        mode = writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            log.warning("SQLite refused WAL mode (got %s); reads will wait for writes", mode)
+        self._writer = writer
+        self._readers = [_connect(self.path) for _ in range(self._reader_count)]
+
+    def _close_all(self) -> None:
+        for conn in [*self._readers, *([self._writer] if self._writer else [])]:
+            conn.close()
+        self._readers.clear()
+        self._writer = None
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one IMMEDIATE transaction on the writer connection, in a thread."""
+
+        def run() -> T:
+            conn = self._writer
+            assert conn is not None, "storage is closed"
+            with _translate_errors():
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return result
+
+        return await trio.to_thread.run_sync(run, limiter=self._write_limiter)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in a read transaction (one consistent snapshot) on a pooled reader."""
+        async with self._read_limiter:
+            conn = self._readers.pop()
+            try:
+
+                def run() -> T:
+                    with _translate_errors():
+                        conn.execute("BEGIN")
+                        try:
+                            return fn(conn)
+                        finally:
+                            conn.execute("COMMIT")
+
+                return await trio.to_thread.run_sync(run)
+            finally:
+                self._readers.append(conn)
+
+    # -- schema -----------------------------------------------------------------------------
+
+    async def migrate(self) -> list[str]:
+        def run() -> list[str]:
+            conn = self._writer
+            assert conn is not None
+            with _translate_errors():
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)"
+                )
+                done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+                applied = []
+                for version, name, sql in migration_files():
+                    if version in done:
+                        continue
+                    # executescript commits first and runs the script verbatim, so the script
+                    # itself carries BEGIN/COMMIT: the migration and its record land together.
+                    try:
+                        conn.executescript(
+                            "BEGIN IMMEDIATE;\n"
+                            f"{sql}\n;"
+                            "INSERT INTO schema_migrations (version, name, applied_at) "
+                            f"VALUES ({version}, '{name}', {int(time.time())});\n"
+                            "COMMIT;"
+                        )
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
+                    log.info("applied migration %s", name)
+                    applied.append(name)
+                return applied
+
+        return await trio.to_thread.run_sync(run, limiter=self._write_limiter)
+
+    async def applied_migrations(self) -> list[str]:
+        def run(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute("SELECT name FROM schema_migrations ORDER BY version").fetchall()
+            return [row[0] for row in rows]
+
+        return await self._read(run)
+
+    # -- users ------------------------------------------------------------------------------
+
+    async def create_user(self, username: str, password_hash: str) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            try:
+                cur = conn.execute(
+                    "INSERT INTO users (username, password) VALUES (?, ?)",
+                    (username, password_hash),
+                )
+            except sqlite3.IntegrityError:
+                raise UsernameTaken("Username already exists") from None
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+        return await self._write(run)
+
+    async def get_user_by_username(self, username: str) -> UserRecord | None:
+        def run(conn: sqlite3.Connection) -> UserRecord | None:
+            row = conn.execute(
+                "SELECT id, username, password FROM users WHERE username = ?", (username,)
+            ).fetchone()
+            return None if row is None else UserRecord(row[0], row[1], row[2])
+
+        return await self._read(run)
+
+    # -- catalog ----------------------------------------------------------------------------
+
+    async def load_catalog_rows(self) -> list[CatalogRow]:
+        def run(conn: sqlite3.Connection) -> list[CatalogRow]:
+            # rowid order is insertion order; an upsert keeps a drama's rowid, so its place.
+            rows = conn.execute("SELECT url, title, data FROM dramas ORDER BY rowid").fetchall()
+            return [CatalogRow(url, title, data or "{}") for url, title, data in rows]
+
+        return await self._read(run)
+
+    async def load_catalog(self) -> list[dict[str, Any]]:
+        return [row.record() for row in await self.load_catalog_rows()]
+
+    async def catalog_revision(self) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'catalog_revision'").fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._read(run)
+
+    async def count_dramas(self) -> int:
+        return await self._read(
+            lambda conn: int(conn.execute("SELECT count(*) FROM dramas").fetchone()[0])
+        )
+
+    async def import_dramas(
+        self, records: Sequence[Mapping[str, Any]], progress: ProgressFn | None = None
+    ) -> ImportResult:
+        def run(conn: sqlite3.Connection) -> ImportResult:
+            before = conn.execute("SELECT count(*) FROM dramas").fetchone()[0]
+            changed = 0
+            total = len(records)
+            for index, record in enumerate(records):
+                rest = {k: v for k, v in record.items() if k not in ("url", "title")}
+                data = json.dumps(rest, ensure_ascii=False, separators=(",", ":"))
+                # An upsert, never INSERT OR REPLACE: REPLACE deletes the old row first, and
+                # with foreign keys on that cascades into every user's favorites and reviews.
+                cur = conn.execute(
+                    "INSERT INTO dramas (url, title, data) VALUES (?, ?, ?) "
+                    "ON CONFLICT (url) DO UPDATE SET title = excluded.title, data = excluded.data "
+                    "WHERE dramas.title IS NOT excluded.title OR dramas.data IS NOT excluded.data",
+                    (record["url"], record["title"], data),
+                )
+                changed += cur.rowcount
+                if progress is not None and (index % 1000 == 999 or index == total - 1):
+                    progress(index + 1, total)
+            after = conn.execute("SELECT count(*) FROM dramas").fetchone()[0]
+            if changed:
+                conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'catalog_revision'")
+            revision = conn.execute(
+                "SELECT value FROM meta WHERE key = 'catalog_revision'"
+            ).fetchone()[0]
+            inserted = after - before
+            return ImportResult(inserted, changed - inserted, total - changed, int(revision))
+
+        return await self._write(run)
+
+    # -- library ----------------------------------------------------------------------------
+
+    async def get_library(self, user_id: int) -> Library | None:
+        def run(conn: sqlite3.Connection) -> Library | None:
+            if conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
+                return None
+            library = Library()
+            library.favorites = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT drama_url FROM user_favorites WHERE user_id = ? ORDER BY drama_url",
+                    (user_id,),
+                )
+            ]
+            for url, status, episode in conn.execute(
+                "SELECT drama_url, status, currentEpisode FROM user_statuses "
+                "WHERE user_id = ? ORDER BY drama_url",
+                (user_id,),
+            ):
+                library.statuses[url] = {"status": status, "currentEpisode": episode}
+            for url, number, text, updated_at in conn.execute(
+                "SELECT drama_url, episode_number, review_text, updated_at "
+                "FROM user_episode_reviews WHERE user_id = ? ORDER BY drama_url, episode_number",
+                (user_id,),
+            ):
+                library.episode_reviews.setdefault(url, {})[str(number)] = {
+                    "text": text,
+                    "updatedAt": updated_at,
+                }
+            return library
+
+        return await self._read(run)
+
+    async def set_favorite(self, user_id: int, change: SetFavorite) -> WriteResult:
+        def run(conn: sqlite3.Connection) -> WriteResult:
+            _check_user_and_drama(conn, user_id, change.drama_url)
+            if change.is_favorite:
+                sql = "INSERT OR IGNORE INTO user_favorites (user_id, drama_url) VALUES (?, ?)"
+            else:
+                sql = "DELETE FROM user_favorites WHERE user_id = ? AND drama_url = ?"
+            cur = conn.execute(sql, (user_id, change.drama_url))
+            if cur.rowcount > 0:
+                return WriteResult(favorite_event(change.drama_url, change.is_favorite))
+            return WriteResult(None)
+
+        return await self._write(run)
+
+    async def set_status(self, user_id: int, change: SetStatus) -> WriteResult:
+        def run(conn: sqlite3.Connection) -> WriteResult:
+            _check_user_and_drama(conn, user_id, change.drama_url)
+            if not change.status:
+                cur = conn.execute(
+                    "DELETE FROM user_statuses WHERE user_id = ? AND drama_url = ?",
+                    (user_id, change.drama_url),
+                )
+                return WriteResult(status_event(change.drama_url, None) if cur.rowcount else None)
+            conn.execute(
+                "INSERT INTO user_statuses (user_id, drama_url, status, currentEpisode) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (user_id, drama_url) DO UPDATE SET "
+                "status = excluded.status, currentEpisode = excluded.currentEpisode",
+                (user_id, change.drama_url, change.status, change.current_episode),
+            )
+            # Every accepted set is announced, changed or not, as the original server does.
+            return WriteResult(
+                status_event(change.drama_url, change.status, change.current_episode)
+            )
+
+        return await self._write(run)
+
+    async def save_episode_review(
+        self, user_id: int, change: SaveEpisodeReview, now_ms: int
+    ) -> WriteResult:
+        key = (user_id, change.drama_url, change.episode_number)
+
+        def run(conn: sqlite3.Connection) -> WriteResult:
+            _check_user_and_drama(conn, user_id, change.drama_url)
+            if change.is_delete:
+                cur = conn.execute(
+                    "DELETE FROM user_episode_reviews "
+                    "WHERE user_id = ? AND drama_url = ? AND episode_number = ?",
+                    key,
+                )
+                if cur.rowcount:
+                    return WriteResult(review_event(change.drama_url, change.episode_number, None))
+                return WriteResult(None)
+            row = conn.execute(
+                "SELECT updated_at, review_text FROM user_episode_reviews "
+                "WHERE user_id = ? AND drama_url = ? AND episode_number = ?",
+                key,
+            ).fetchone()
+            if row is not None and not change.force and row[0] > change.client_updated_at:
+                raise Conflict(
+                    "Conflict detected.", serverVersion={"text": row[1], "updatedAt": row[0]}
+                )
+            # Never move a review's clock backwards, even if the server clock does.
+            updated_at = now_ms if row is None else max(now_ms, int(row[0]) + 1)
+            conn.execute(
+                "INSERT INTO user_episode_reviews "
+                "(user_id, drama_url, episode_number, review_text, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id, drama_url, episode_number) "
+                "DO UPDATE SET review_text = excluded.review_text, "
+                "updated_at = excluded.updated_at",
+                (*key, change.text, updated_at),
+            )
+            event = review_event(change.drama_url, change.episode_number, change.text, updated_at)
+            return WriteResult(event, updated_at)
+
+        return await self._write(run)
+
+
+def _check_user_and_drama(conn: sqlite3.Connection, user_id: int, drama_url: str) -> None:
+    if conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
+        raise Unauthorized("Invalid or expired token")
+    if conn.execute("SELECT 1 FROM dramas WHERE url = ?", (drama_url,)).fetchone() is None:
+        raise NotFound(f"Drama not found: {drama_url}")
+
+
+class _translate_errors:
+    """Turn SQLite's 'busy'/'locked' after the busy timeout into a retryable 503."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, sqlite3.OperationalError) and (
+            "locked" in str(exc) or "busy" in str(exc) or "unable to open" in str(exc)
+        ):
+            raise StorageUnavailable("The database is busy or unavailable; try again.") from exc
+
+
+@asynccontextmanager
+async def open_sqlite(path: Path, *, readers: int = 2) -> AsyncIterator[SqliteStorage]:
+    """Open (creating if needed) the SQLite database at ``path``."""
+    storage = SqliteStorage(path, readers)
+    try:
+        await trio.to_thread.run_sync(storage._open_all)
+    except sqlite3.Error as exc:
+        raise StorageUnavailable(f"Cannot open the SQLite database at {path}: {exc}") from exc
+    try:
+        yield storage
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(storage._close_all)
+
+
+def library_from(mapping: Mapping[str, Any]) -> Library:
+    """Build a Library from a ``/api/user/data`` ``data`` object (tests and tools)."""
+    return Library(
+        list(mapping.get("favorites", [])),
+        dict(mapping.get("statuses", {})),
+        dict(mapping.get("episodeReviews", {})),
+    )
