@@ -1,0 +1,101 @@
+"""The Quart-Trio application: routes, the security perimeter, and the error mapping.
+
+Every error leaves as ``{"message": ...}`` JSON with the status the exception tree gives
+(``dramaverse.errors``); anything unexpected is logged and becomes the original server's 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Response, g, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from dramaverse.errors import Conflict, DramaverseError
+from dramaverse.http.responses import error_response, raw_json_response
+from dramaverse.http.routes import accounts, catalog, library
+from dramaverse.http.security import SECURITY_HEADERS, CorsPolicy
+from dramaverse.http.state import AppState
+
+log = logging.getLogger(__name__)
+SERVER_ERROR = "Something broke! A server error occurred."
+HEALTH_OK = b'{"status":"ok"}'
+
+
+def create_app(state: AppState) -> QuartTrio:
+    app = QuartTrio(__name__)
+    app.extensions["dramaverse"] = state
+    app.config["MAX_CONTENT_LENGTH"] = state.settings.max_body_bytes
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    cors = state.cors
+
+    @app.before_request
+    async def check_origin() -> Response | None:
+        origin = request.headers.get("Origin")
+        if not cors.allows(origin):
+            # The original server raised here and answered 500; a refusal is a 403.
+            return error_response(403, f"Origin {origin} is not allowed by CORS policy.")
+        if request.method == "OPTIONS":
+            response = Response(b"", 204)
+            if origin is not None:
+                response.headers.extend(CorsPolicy.preflight_headers(origin))
+            return response
+        return None
+
+    @app.after_request
+    async def add_headers(response: Response) -> Response:
+        headers = response.headers
+        headers.extend(SECURITY_HEADERS)
+        origin = request.headers.get("Origin")
+        if origin is not None and cors.allows(origin) and request.method != "OPTIONS":
+            headers.extend(CorsPolicy.grant_headers(origin))
+        extra = g.get("extra_headers")
+        if extra:
+            headers.extend(extra)
+        return response
+
+    @app.get("/api/health")
+    async def health() -> Response:
+        return raw_json_response(HEALTH_OK)
+
+    app.register_blueprint(catalog.blueprint)
+    app.register_blueprint(accounts.blueprint)
+    app.register_blueprint(library.blueprint)
+
+    @app.errorhandler(DramaverseError)
+    async def known_error(error: DramaverseError) -> Response:
+        extra = error.extra if isinstance(error, Conflict) else {}
+        if error.status >= 500:
+            log.warning(
+                "%s on %s %s: %s", error.status, request.method, request.path, error.message
+            )
+        return error_response(error.status, error.message, **extra)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        if status == 404:
+            message = f"Not found: {request.method} {request.path}"
+        elif status == 405:
+            message = f"Method {request.method} is not allowed on {request.path}."
+        elif status == 413:
+            message = f"Request body too large (limit {state.settings.max_body_bytes} bytes)."
+        elif status >= 500:
+            message = SERVER_ERROR
+        else:
+            message = error.description or error.name
+        response = error_response(status, message)
+        if status == 405:
+            for name, value in error.get_headers():
+                if name.lower() == "allow":
+                    response.headers["Allow"] = value
+        return response
+
+    @app.errorhandler(Exception)
+    async def unexpected_error(error: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path, exc_info=error)
+        return error_response(500, SERVER_ERROR)
+
+    return app

@@ -1,0 +1,153 @@
+"""Accounts: password hashing, JWT issue and verification, credential validation.
+
+Passwords are hashed with bcrypt in worker threads so the Trio loop never stalls on the key
+schedule. bcrypt reads at most 72 bytes of a password: we refuse longer passwords at registration
+(clear 400) and, at login, compare only the first 72 bytes, which is what bcryptjs did for
+accounts created by the original server, so their users keep logging in.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import bcrypt
+import jwt
+import trio
+
+from dramaverse.errors import BadRequest, Unauthorized
+
+USERNAME_RE = re.compile(r"[a-zA-Z0-9_.-]{3,20}")
+MIN_PASSWORD_LENGTH = 6
+BCRYPT_MAX_BYTES = 72
+REGISTER_INVALID = (
+    "Invalid input: Username must be 3-20 alphanumeric characters (letters, numbers, _, ., -). "
+    "Password must be at least 6 characters."
+)
+PASSWORD_TOO_LONG = f"Invalid input: Password must be at most {BCRYPT_MAX_BYTES} bytes in UTF-8."
+LOGIN_INVALID = "Username and password are required."
+TOKEN_REQUIRED = "Authentication token required"
+TOKEN_INVALID = "Invalid or expired token"
+
+
+def js_length(text: str) -> int:
+    """``text.length`` in JavaScript: UTF-16 code units, so an emoji counts twice."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def parse_registration(body: object) -> tuple[str, str]:
+    fields = body if isinstance(body, dict) else {}
+    username, password = fields.get("username"), fields.get("password")
+    if (
+        not isinstance(username, str)
+        or not isinstance(password, str)
+        or not USERNAME_RE.fullmatch(username)
+        or js_length(password) < MIN_PASSWORD_LENGTH
+    ):
+        raise BadRequest(REGISTER_INVALID)
+    if len(password.encode("utf-8")) > BCRYPT_MAX_BYTES:
+        raise BadRequest(PASSWORD_TOO_LONG)
+    return username, password
+
+
+def parse_login(body: object) -> tuple[str, str]:
+    fields = body if isinstance(body, dict) else {}
+    username, password = fields.get("username"), fields.get("password")
+    if (
+        not isinstance(username, str)
+        or not isinstance(password, str)
+        or not username
+        or not password
+    ):
+        raise BadRequest(LOGIN_INVALID)
+    return username, password
+
+
+@dataclass(frozen=True, slots=True)
+class AuthUser:
+    """The identity a valid token carries."""
+
+    id: int
+    username: str
+    expires_at: float
+
+
+class TokenService:
+    """HS256 JWTs carrying ``id`` and ``username``, like the original server's."""
+
+    ALGORITHM = "HS256"
+
+    def __init__(self, secret: str, ttl_seconds: int) -> None:
+        self._secret = secret
+        self.ttl_seconds = ttl_seconds
+
+    def issue(self, user_id: int, username: str, *, now: float | None = None) -> str:
+        issued = int(time.time() if now is None else now)
+        claims = {
+            "id": user_id,
+            "username": username,
+            "iat": issued,
+            "exp": issued + self.ttl_seconds,
+        }
+        return jwt.encode(claims, self._secret, algorithm=self.ALGORITHM)
+
+    def verify(self, token: str) -> AuthUser:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, self._secret, algorithms=[self.ALGORITHM], options={"require": ["exp"]}
+            )
+        except jwt.PyJWTError:
+            raise Unauthorized(TOKEN_INVALID) from None
+        user_id, username = claims.get("id"), claims.get("username")
+        if (
+            not isinstance(user_id, int)
+            or isinstance(user_id, bool)
+            or not isinstance(username, str)
+        ):
+            raise Unauthorized(TOKEN_INVALID)
+        return AuthUser(user_id, username, float(claims["exp"]))
+
+    def verify_header(self, header: str | None) -> AuthUser:
+        """Check an ``Authorization: Bearer <token>`` header."""
+        if not header or not header.startswith("Bearer "):
+            raise Unauthorized(TOKEN_REQUIRED)
+        parts = header.split(" ")
+        return self.verify(parts[1])
+
+
+class PasswordHasher:
+    """bcrypt in worker threads, at most ``concurrency`` at once (it is CPU-bound)."""
+
+    def __init__(self, rounds: int, concurrency: int = 2) -> None:
+        self.rounds = rounds
+        self._limiter = trio.CapacityLimiter(concurrency)
+        # Compared against when the username does not exist, so a miss costs as much as a
+        # wrong password and response times do not reveal which usernames exist. Made on first
+        # use with the configured cost.
+        self._decoy: str | None = None
+
+    async def hash(self, password: str) -> str:
+        raw = password.encode("utf-8")
+        rounds = self.rounds
+
+        def run() -> str:
+            return bcrypt.hashpw(raw, bcrypt.gensalt(rounds)).decode("ascii")
+
+        return await trio.to_thread.run_sync(run, limiter=self._limiter)
+
+    async def verify(self, password: str, stored_hash: str | None) -> bool:
+        raw = password.encode("utf-8")[:BCRYPT_MAX_BYTES]
+        if stored_hash is None and self._decoy is None:
+            self._decoy = await self.hash("decoy-password")
+        target = (stored_hash or self._decoy or "").encode("utf-8")
+
+        def run() -> bool:
+            try:
+                return bcrypt.checkpw(raw, target)
+            except ValueError:  # a malformed stored hash never matches
+                return False
+
+        matched = await trio.to_thread.run_sync(run, limiter=self._limiter)
+        return matched and stored_hash is not None

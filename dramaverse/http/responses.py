@@ -1,0 +1,60 @@
+"""JSON in and out, with the original server's conventions (compact JSON, ``{message}`` errors)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from quart import Response, request
+
+from dramaverse.errors import BadRequest
+
+JSON_TYPE = "application/json; charset=utf-8"
+
+
+def dumps(value: Any) -> bytes:
+    """Serialise like JavaScript's JSON.stringify: compact, non-ASCII kept as UTF-8."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def json_response(value: Any, status: int = 200) -> Response:
+    return Response(dumps(value), status, content_type=JSON_TYPE)
+
+
+def raw_json_response(body: bytes, status: int = 200) -> Response:
+    return Response(body, status, content_type=JSON_TYPE)
+
+
+def error_response(status: int, message: str, **extra: Any) -> Response:
+    return json_response({"message": message, **extra}, status)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _is_json(mimetype: str) -> bool:
+    return mimetype == "application/json" or (
+        mimetype.startswith("application/") and mimetype.endswith("+json")
+    )
+
+
+async def read_json_body() -> Any:
+    """The request's JSON value; ``{}`` when the body is empty or not declared as JSON.
+
+    Like express.json, only a JSON content type is parsed, so a text/plain post validates as an
+    empty payload (400) rather than being trusted. The size limit is enforced by Quart
+    (MAX_CONTENT_LENGTH -> 413) before anything is parsed.
+    """
+    data = await request.get_data(as_text=False)
+    assert isinstance(data, bytes)
+    if not _is_json(request.mimetype) or not data.strip():
+        return {}
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise BadRequest("Malformed JSON body: not valid UTF-8.") from None
+    except RecursionError:
+        raise BadRequest("Malformed JSON body: nested too deeply.") from None
+    except ValueError as exc:
+        raise BadRequest(f"Malformed JSON body: {exc}.") from None

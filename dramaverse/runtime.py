@@ -1,0 +1,101 @@
+"""Composition root: opens everything in order inside one root nursery, and closes it backwards.
+
+Order: the trio-asyncio loop (the only one in the process), storage (migrated), the catalog
+keeper, then Hypercorn serving the app. Shutdown (SIGINT/SIGTERM or ``handle.stop()``) stops
+accepting, lets Hypercorn finish requests in flight for ``shutdown_grace_seconds``, then cancels
+the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass
+from functools import partial
+
+import trio
+import trio_asyncio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from dramaverse.actors.catalog import CatalogKeeper
+from dramaverse.config import Settings
+from dramaverse.http.app import create_app
+from dramaverse.http.state import AppState
+from dramaverse.storage import open_storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerHandle:
+    """What a started server tells its starter: where it listens and how to stop it."""
+
+    binds: list[str]
+    state: AppState
+    shutdown: trio.Event
+
+    def stop(self) -> None:
+        self.shutdown.set()
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    config = Config()
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config.bind = [f"{host}:{settings.port}"]
+    config.graceful_timeout = settings.shutdown_grace_seconds
+    config.include_server_header = False
+    config.accesslog = logging.getLogger("dramaverse.access") if settings.access_log else None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+async def serve(
+    settings: Settings,
+    *,
+    handle_signals: bool = False,
+    task_status: trio.TaskStatus[ServerHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the server until shutdown is requested; report a ServerHandle once listening."""
+    settings = settings.with_secret()
+    shutdown = trio.Event()
+    async with (
+        trio_asyncio.open_loop(),
+        open_storage(settings) as storage,
+        trio.open_nursery() as nursery,
+    ):
+        keeper = CatalogKeeper(storage, settings.catalog_poll_seconds)
+        await nursery.start(keeper.run)
+        state = AppState.build(settings, storage, keeper)
+        app = create_app(state)
+        if handle_signals:
+            nursery.start_soon(_wait_for_signal, shutdown)
+        async with trio.open_nursery() as http_nursery:
+            binds = await http_nursery.start(
+                partial(
+                    hypercorn_serve,
+                    app,
+                    hypercorn_config(settings),
+                    shutdown_trigger=shutdown.wait,
+                )
+            )
+            http_nursery.start_soon(_bound_drain, shutdown, http_nursery.cancel_scope, settings)
+            log.info("Dramaverse listening on %s", ", ".join(binds))
+            task_status.started(ServerHandle(binds, state, shutdown))
+        # Hypercorn has stopped accepting and drained: stop the actors now.
+        nursery.cancel_scope.cancel()
+    log.info("Dramaverse stopped")
+
+
+async def _bound_drain(shutdown: trio.Event, scope: trio.CancelScope, settings: Settings) -> None:
+    """Once shutdown starts, give Hypercorn its grace (plus a second) to drain, then cancel."""
+    await shutdown.wait()
+    scope.deadline = trio.current_time() + settings.shutdown_grace_seconds + 1
+
+
+async def _wait_for_signal(shutdown: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            shutdown.set()
+            return
