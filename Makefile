@@ -24,7 +24,7 @@ run: $(VENV)/.installed
 	$(BIN)/dramaverse serve
 
 test: $(VENV)/.installed-dev
-	$(BIN)/pytest --cov --cov-report=term:skip-covered
+	$(BIN)/pytest --cov=dramaverse --cov-branch --cov-report=term:skip-covered
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
