@@ -147,7 +147,10 @@ async def test_events_follow_the_original_servers_rules(tmp_path: Path) -> None:
         assert (await storage.set_favorite(user, SetFavorite(url, True))).event is None
         first = await storage.set_status(user, SetStatus(url, "Watching", 0))
         repeat = await storage.set_status(user, SetStatus(url, "Watching", 0))
-        assert first.event == repeat.event  # every set is announced
+        assert first.event is not None
+        assert repeat.event is not None
+        assert first.event.payload == repeat.event.payload  # every set is announced
+        assert (first.event.seq, repeat.event.seq) == (2, 3)
         removed = await storage.set_status(user, SetStatus(url, "", 0))
         assert removed.event is not None
         assert removed.event.payload == {"dramaUrl": url, "statusInfo": None}
@@ -172,3 +175,57 @@ async def test_concurrent_writers_do_not_lose_writes(tmp_path: Path) -> None:
         library = await storage.get_library(user)
         assert library is not None
         assert sorted(library.favorites) == sorted(r["url"] for r in records)
+
+
+async def test_concurrent_writers_get_gapless_unique_sequence_numbers(tmp_path: Path) -> None:
+    records = sample_records()
+    async with open_sqlite(tmp_path / "x.db") as storage:
+        await storage.migrate()
+        await storage.import_dramas(records)
+        alice = await storage.create_user("alice", "hash")
+        bob = await storage.create_user("bob", "hash")
+        seqs: dict[int, list[int]] = {alice: [], bob: []}
+
+        async def write(user: int, index: int) -> None:
+            url = records[index % len(records)]["url"]
+            result = await storage.set_status(user, SetStatus(url, f"s{index}", index))
+            assert result.event is not None
+            seqs[user].append(result.event.seq)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(60):
+                nursery.start_soon(write, alice, index)
+                nursery.start_soon(write, bob, index)
+        for user in (alice, bob):
+            assert sorted(seqs[user]) == list(range(1, 61))
+            assert await storage.event_head(user) == 60
+            logged = await storage.read_events(user, 0, 1000)
+            assert [e.seq for e in logged.events] == list(range(1, 61))
+            assert logged.complete
+
+
+async def test_read_events_ranges_and_pruning(tmp_path: Path) -> None:
+    records = sample_records()
+    async with open_sqlite(tmp_path / "x.db") as storage:
+        await storage.migrate()
+        await storage.import_dramas(records)
+        user = await storage.create_user("alice", "hash")
+        for record in records[:6]:
+            await storage.set_favorite(user, SetFavorite(record["url"], True))
+        middle = await storage.read_events(user, 2, 2)
+        assert [e.seq for e in middle.events] == [3, 4]
+        assert (middle.head, middle.complete) == (6, True)
+        assert (await storage.read_events(user, 6, 10)).events == []
+        assert not (await storage.read_events(user, 7, 10)).complete  # ahead of the head
+        assert not (await storage.read_events(user, -1, 10)).complete
+
+        assert await storage.prune_events(keep_per_user=4, older_than_ms=0) == 2
+        assert not (await storage.read_events(user, 1, 10)).complete  # seq 2 is gone
+        kept = await storage.read_events(user, 2, 10)
+        assert [e.seq for e in kept.events] == [3, 4, 5, 6]
+        assert kept.complete
+        # Pruning by age removes the rest, but numbering continues after the head.
+        assert await storage.prune_events(keep_per_user=100, older_than_ms=2**62) == 4
+        later = await storage.set_favorite(user, SetFavorite(records[7]["url"], True))
+        assert later.event is not None
+        assert later.event.seq == 7

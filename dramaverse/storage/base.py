@@ -7,7 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dramaverse.domain.library import LibraryEvent, SaveEpisodeReview, SetFavorite, SetStatus
+from dramaverse.domain.events import EventRange, UserEvent
+from dramaverse.domain.library import SaveEpisodeReview, SetFavorite, SetStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +61,9 @@ class Library:
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
-    """What a library write did: the event to publish (None when nothing changed)."""
+    """What a library write did: the logged event to publish (None when nothing changed)."""
 
-    event: LibraryEvent | None
+    event: UserEvent | None
     updated_at: int | None = None
 
 
@@ -118,3 +119,21 @@ class Storage(Protocol):
     async def save_episode_review(
         self, user_id: int, change: SaveEpisodeReview, now_ms: int
     ) -> WriteResult: ...
+
+    async def user_exists(self, user_id: int) -> bool: ...
+
+    async def event_head(self, user_id: int) -> int:
+        """The user's latest event seq (0 before the first event)."""
+        ...
+
+    async def read_events(self, user_id: int, after: int, limit: int) -> EventRange:
+        """Events with seq > ``after``, oldest first, at most ``limit``.
+
+        ``complete`` is False when the log no longer holds seq ``after + 1`` (pruned), or when
+        ``after`` is ahead of the head: the reader must resync from the full library.
+        """
+        ...
+
+    async def prune_events(self, keep_per_user: int, older_than_ms: int) -> int:
+        """Drop events beyond the newest ``keep_per_user`` or created before the cut-off."""
+        ...

@@ -21,7 +21,9 @@ from typing import Any, TypeVar
 
 import trio
 
+from dramaverse.domain.events import EventRange, UserEvent
 from dramaverse.domain.library import (
+    LibraryEvent,
     SaveEpisodeReview,
     SetFavorite,
     SetStatus,
@@ -291,7 +293,8 @@ class SqliteStorage:
                 sql = "DELETE FROM user_favorites WHERE user_id = ? AND drama_url = ?"
             cur = conn.execute(sql, (user_id, change.drama_url))
             if cur.rowcount > 0:
-                return WriteResult(favorite_event(change.drama_url, change.is_favorite))
+                event = favorite_event(change.drama_url, change.is_favorite)
+                return WriteResult(_append_event(conn, user_id, event))
             return WriteResult(None)
 
         return await self._write(run)
@@ -304,7 +307,11 @@ class SqliteStorage:
                     "DELETE FROM user_statuses WHERE user_id = ? AND drama_url = ?",
                     (user_id, change.drama_url),
                 )
-                return WriteResult(status_event(change.drama_url, None) if cur.rowcount else None)
+                if not cur.rowcount:
+                    return WriteResult(None)
+                return WriteResult(
+                    _append_event(conn, user_id, status_event(change.drama_url, None))
+                )
             conn.execute(
                 "INSERT INTO user_statuses (user_id, drama_url, status, currentEpisode) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (user_id, drama_url) DO UPDATE SET "
@@ -312,9 +319,8 @@ class SqliteStorage:
                 (user_id, change.drama_url, change.status, change.current_episode),
             )
             # Every accepted set is announced, changed or not, as the original server does.
-            return WriteResult(
-                status_event(change.drama_url, change.status, change.current_episode)
-            )
+            event = status_event(change.drama_url, change.status, change.current_episode)
+            return WriteResult(_append_event(conn, user_id, event))
 
         return await self._write(run)
 
@@ -331,9 +337,10 @@ class SqliteStorage:
                     "WHERE user_id = ? AND drama_url = ? AND episode_number = ?",
                     key,
                 )
-                if cur.rowcount:
-                    return WriteResult(review_event(change.drama_url, change.episode_number, None))
-                return WriteResult(None)
+                if not cur.rowcount:
+                    return WriteResult(None)
+                event = review_event(change.drama_url, change.episode_number, None)
+                return WriteResult(_append_event(conn, user_id, event))
             row = conn.execute(
                 "SELECT updated_at, review_text FROM user_episode_reviews "
                 "WHERE user_id = ? AND drama_url = ? AND episode_number = ?",
@@ -354,9 +361,79 @@ class SqliteStorage:
                 (*key, change.text, updated_at),
             )
             event = review_event(change.drama_url, change.episode_number, change.text, updated_at)
-            return WriteResult(event, updated_at)
+            return WriteResult(_append_event(conn, user_id, event), updated_at)
 
         return await self._write(run)
+
+    async def user_exists(self, user_id: int) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is not None
+            )
+
+        return await self._read(run)
+
+    # -- event log --------------------------------------------------------------------------
+
+    async def event_head(self, user_id: int) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            return _head(conn, user_id)
+
+        return await self._read(run)
+
+    async def read_events(self, user_id: int, after: int, limit: int) -> EventRange:
+        def run(conn: sqlite3.Connection) -> EventRange:
+            head = _head(conn, user_id)
+            if after > head or after < 0:
+                return EventRange([], head, complete=False)
+            rows = conn.execute(
+                "SELECT seq, name, payload FROM user_events WHERE user_id = ? AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (user_id, after, limit),
+            ).fetchall()
+            events = [UserEvent(user_id, seq, name, json.loads(data)) for seq, name, data in rows]
+            complete = after == head or (bool(events) and events[0].seq == after + 1)
+            return EventRange(events, head, complete)
+
+        return await self._read(run)
+
+    async def prune_events(self, keep_per_user: int, older_than_ms: int) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            by_age = conn.execute("DELETE FROM user_events WHERE created_at < ?", (older_than_ms,))
+            by_count = conn.execute(
+                "DELETE FROM user_events WHERE seq <= (SELECT h.last_seq FROM user_event_heads h "
+                "WHERE h.user_id = user_events.user_id) - ?",
+                (keep_per_user,),
+            )
+            return int(by_age.rowcount + by_count.rowcount)
+
+        return await self._write(run)
+
+
+def _head(conn: sqlite3.Connection, user_id: int) -> int:
+    row = conn.execute(
+        "SELECT last_seq FROM user_event_heads WHERE user_id = ?", (user_id,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _append_event(conn: sqlite3.Connection, user_id: int, event: LibraryEvent) -> UserEvent:
+    """Log ``event`` with the user's next seq, inside the caller's write transaction.
+
+    Writes are serialised (one writer, BEGIN IMMEDIATE), so the increment of the head row can
+    neither skip nor repeat a number even with many concurrent writers.
+    """
+    seq = conn.execute(
+        "INSERT INTO user_event_heads (user_id, last_seq) VALUES (?, 1) "
+        "ON CONFLICT (user_id) DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
+        (user_id,),
+    ).fetchone()[0]
+    payload = json.dumps(event.payload, ensure_ascii=False, separators=(",", ":"))
+    conn.execute(
+        "INSERT INTO user_events (user_id, seq, name, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+        (user_id, seq, event.name, payload, int(time.time() * 1000)),
+    )
+    return UserEvent.of(user_id, int(seq), event)
 
 
 def _check_user_and_drama(conn: sqlite3.Connection, user_id: int, drama_url: str) -> None:
