@@ -60,6 +60,16 @@ class Settings:
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
     access_log: bool = False
+    ws_heartbeat_interval: float = 25.0
+    ws_heartbeat_timeout: float = 10.0
+    ws_auth_timeout: float = 10.0
+    ws_outbox_size: int = 256
+    ws_max_message_bytes: int = 64 * 1024
+    ws_max_errors: int = 20
+    session_grace_seconds: float = 5.0
+    event_retention_count: int = 1000
+    event_retention_seconds: int = 7 * 86400
+    event_prune_seconds: float = 300.0
 
     @property
     def sqlite_path(self) -> Path:
@@ -175,6 +185,34 @@ def load_settings(
         ),
         log_level=log_level,
         access_log=_bool(get("ACCESS_LOG"), "ACCESS_LOG", False),
+        ws_heartbeat_interval=_float(
+            get("WS_HEARTBEAT_INTERVAL"), "WS_HEARTBEAT_INTERVAL", 25.0, 0.05, 3600
+        ),
+        ws_heartbeat_timeout=_float(
+            get("WS_HEARTBEAT_TIMEOUT"), "WS_HEARTBEAT_TIMEOUT", 10.0, 0.05, 3600
+        ),
+        ws_auth_timeout=_float(get("WS_AUTH_TIMEOUT"), "WS_AUTH_TIMEOUT", 10.0, 0.05, 600),
+        ws_outbox_size=_int(get("WS_OUTBOX_SIZE"), "WS_OUTBOX_SIZE", 256, 1, 100_000),
+        ws_max_message_bytes=_int(
+            get("WS_MAX_MESSAGE_BYTES"), "WS_MAX_MESSAGE_BYTES", 64 * 1024, 1024, 16 << 20
+        ),
+        ws_max_errors=_int(get("WS_MAX_ERRORS"), "WS_MAX_ERRORS", 20, 1, 100_000),
+        session_grace_seconds=_float(
+            get("SESSION_GRACE_SECONDS"), "SESSION_GRACE_SECONDS", 5.0, 0.0, 3600
+        ),
+        event_retention_count=_int(
+            get("EVENT_RETENTION_COUNT"), "EVENT_RETENTION_COUNT", 1000, 1, 10_000_000
+        ),
+        event_retention_seconds=_int(
+            get("EVENT_RETENTION_SECONDS"),
+            "EVENT_RETENTION_SECONDS",
+            7 * 86400,
+            1,
+            10 * 365 * 86400,
+        ),
+        event_prune_seconds=_float(
+            get("EVENT_PRUNE_SECONDS"), "EVENT_PRUNE_SECONDS", 300.0, 0.05, 86400
+        ),
     )
 
 

@@ -1,0 +1,121 @@
+"""The session hub: get-or-start a UserSession actor per user, and let idle ones go.
+
+Resource handling: ``open_hub`` owns the nursery every session actor runs in; leaving it
+cancels them all. Session actors are temporary: a crashed one is logged, not restarted, and its
+devices reconnect (their connections see the actor gone and close with 1011).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+
+import trio
+
+from dramaverse.actors.session import Attach, AttachResult, Detach, Device, UserSession
+from dramaverse.broker.base import Broker
+from dramaverse.config import Settings
+from dramaverse.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+
+class SessionGone(Exception):
+    """The user's session actor stopped before the request could be handled."""
+
+
+class SessionHub:
+    def __init__(
+        self, nursery: trio.Nursery, storage: Storage, broker: Broker, settings: Settings
+    ) -> None:
+        self._nursery = nursery
+        self._storage = storage
+        self._broker = broker
+        self._settings = settings
+        self.sessions: dict[int, UserSession] = {}
+
+    def _session(self, user_id: int) -> UserSession:
+        session = self.sessions.get(user_id)
+        if session is None:
+            session = UserSession(
+                user_id,
+                self._storage,
+                self._broker,
+                grace=self._settings.session_grace_seconds,
+                replay_limit=max(1, min(1000, self._settings.ws_outbox_size - 2)),
+                on_exit=self._forget,
+            )
+            # Registered before it starts, so concurrent first connections share one actor.
+            self.sessions[user_id] = session
+            self._nursery.start_soon(self._supervise, session)
+        return session
+
+    def _forget(self, session: UserSession) -> None:
+        if self.sessions.get(session.user_id) is session:
+            del self.sessions[session.user_id]
+
+    async def _supervise(self, session: UserSession) -> None:
+        try:
+            await session.run()
+        except Exception:
+            log.exception("session actor of user %d crashed", session.user_id)
+
+    async def attach(
+        self, user_id: int, device: Device, resume: int | None, ready: Callable[[int], str]
+    ) -> AttachResult:
+        """Attach a device to its user's session, starting the actor if needed."""
+        for _ in range(3):  # an actor may be stopping right now; the next one is fresh
+            session = self._session(user_id)
+            request = Attach(device, resume, ready)
+            try:
+                await session.inbox.send(request)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._forget(session)
+                continue
+            await request.done.wait()
+            if request.result is None:
+                raise SessionGone(f"the session of user {user_id} failed")
+            return request.result
+        raise SessionGone(f"the session of user {user_id} could not be started")
+
+    def close(self) -> None:
+        """Stop every session actor (their devices are being closed by the server anyway)."""
+        self._nursery.cancel_scope.cancel()
+
+    def detach(self, user_id: int, device: Device) -> None:
+        device.gone = True  # the actor skips gone devices even if the message is dropped
+        session = self.sessions.get(user_id)
+        if session is not None:
+            with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                session.inbox.send_nowait(Detach(device))
+
+
+@asynccontextmanager
+async def open_hub(
+    storage: Storage, broker: Broker, settings: Settings
+) -> AsyncIterator[SessionHub]:
+    async with trio.open_nursery() as nursery:
+        yield SessionHub(nursery, storage, broker, settings)
+        nursery.cancel_scope.cancel()
+
+
+async def run_event_pruner(
+    storage: Storage,
+    settings: Settings,
+    *,
+    clock_ms: Callable[[], int],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Apply the event-log retention every ``event_prune_seconds``, until cancelled."""
+    task_status.started()
+    while True:
+        await trio.sleep(settings.event_prune_seconds)
+        cutoff = clock_ms() - settings.event_retention_seconds * 1000
+        try:
+            removed = await storage.prune_events(settings.event_retention_count, cutoff)
+        except Exception:
+            log.exception("event pruning failed; retrying next period")
+            continue
+        if removed:
+            log.info("pruned %d old events", removed)
