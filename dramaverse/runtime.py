@@ -1,9 +1,11 @@
 """Composition root: opens everything in order inside one root nursery, and closes it backwards.
 
-Order: the trio-asyncio loop (the only one in the process), storage (migrated), the catalog
-keeper, then Hypercorn serving the app. Shutdown (SIGINT/SIGTERM or ``handle.stop()``) stops
-accepting, lets Hypercorn finish requests in flight for ``shutdown_grace_seconds``, then cancels
-the rest.
+Order: the trio-asyncio loop (the only one in the process), storage (migrated), the broker, the
+session hub, the catalog keeper and the event-log pruner, then Hypercorn serving the app.
+
+Shutdown (SIGINT/SIGTERM or ``handle.stop()``): Hypercorn stops accepting, every WebSocket is
+closed with 1001 (reconnect), requests in flight get ``shutdown_grace_seconds`` to finish, and
+then the actors are cancelled.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from dramaverse.actors.catalog import CatalogKeeper
+from dramaverse.actors.hub import open_hub, run_event_pruner
+from dramaverse.broker import open_broker
 from dramaverse.config import Settings
 from dramaverse.http.app import create_app
 from dramaverse.http.state import AppState
@@ -45,6 +49,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config.bind = [f"{host}:{settings.port}"]
     config.graceful_timeout = settings.shutdown_grace_seconds
     config.include_server_header = False
+    config.websocket_max_message_size = settings.ws_max_message_bytes
     config.accesslog = logging.getLogger("dramaverse.access") if settings.access_log else None
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
@@ -62,11 +67,14 @@ async def serve(
     async with (
         trio_asyncio.open_loop(),
         open_storage(settings) as storage,
+        open_broker(settings) as broker,
         trio.open_nursery() as nursery,
+        open_hub(storage, broker, settings) as hub,
     ):
         keeper = CatalogKeeper(storage, settings.catalog_poll_seconds)
         await nursery.start(keeper.run)
-        state = AppState.build(settings, storage, keeper)
+        state = AppState.build(settings, storage, keeper, broker, hub, shutdown)
+        await nursery.start(partial(run_event_pruner, storage, settings, clock_ms=state.clock_ms))
         app = create_app(state)
         if handle_signals:
             nursery.start_soon(_wait_for_signal, shutdown)
@@ -84,6 +92,7 @@ async def serve(
             task_status.started(ServerHandle(binds, state, shutdown))
         # Hypercorn has stopped accepting and drained: stop the actors now.
         nursery.cancel_scope.cancel()
+        hub.close()
     log.info("Dramaverse stopped")
 
 

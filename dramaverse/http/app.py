@@ -13,6 +13,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from dramaverse.errors import Conflict, DramaverseError
+from dramaverse.http import ws
 from dramaverse.http.responses import error_response, raw_json_response
 from dramaverse.http.routes import accounts, catalog, library
 from dramaverse.http.security import SECURITY_HEADERS, CorsPolicy
@@ -63,6 +64,7 @@ def create_app(state: AppState) -> QuartTrio:
     app.register_blueprint(catalog.blueprint)
     app.register_blueprint(accounts.blueprint)
     app.register_blueprint(library.blueprint)
+    app.register_blueprint(ws.blueprint)
 
     @app.errorhandler(DramaverseError)
     async def known_error(error: DramaverseError) -> Response:

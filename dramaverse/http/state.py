@@ -7,9 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
+import trio
 from quart import current_app
 
 from dramaverse.actors.catalog import CatalogKeeper
+from dramaverse.actors.hub import SessionHub
+from dramaverse.broker.base import Broker
 from dramaverse.config import Settings
 from dramaverse.http.auth import PasswordHasher, TokenService
 from dramaverse.http.security import CorsPolicy, RateLimiter
@@ -25,6 +28,9 @@ class AppState:
     settings: Settings
     storage: Storage
     catalog: CatalogKeeper
+    broker: Broker
+    hub: SessionHub
+    shutdown: trio.Event
     tokens: TokenService
     passwords: PasswordHasher
     cors: CorsPolicy
@@ -33,12 +39,23 @@ class AppState:
     clock_ms: Callable[[], int] = field(default=wall_clock_ms)
 
     @classmethod
-    def build(cls, settings: Settings, storage: Storage, catalog: CatalogKeeper) -> AppState:
+    def build(
+        cls,
+        settings: Settings,
+        storage: Storage,
+        catalog: CatalogKeeper,
+        broker: Broker,
+        hub: SessionHub,
+        shutdown: trio.Event,
+    ) -> AppState:
         assert settings.jwt_secret is not None, "resolve the secret first (Settings.with_secret)"
         return cls(
             settings=settings,
             storage=storage,
             catalog=catalog,
+            broker=broker,
+            hub=hub,
+            shutdown=shutdown,
             tokens=TokenService(settings.jwt_secret, settings.jwt_ttl_seconds),
             passwords=PasswordHasher(settings.bcrypt_rounds),
             cors=CorsPolicy(settings.cors_allowed_origins),

@@ -1,0 +1,328 @@
+"""The native WebSocket endpoint ``/api/ws`` (protocol ``dramaverse.v1``, see docs/protocol.md).
+
+Each connection is three tasks in one nursery: the reader (this handler's task: ``hello``, then
+requests, pongs), the writer (drains the bounded outbox into the socket, so there is one writer),
+and the heartbeat. The user's session actor pushes events into the same outbox. Any task may
+end the connection with ``close(code, reason)``, which records the code and cancels the rest;
+the close frame is sent once, at the end.
+
+Resource handling: the handler owns the outbox's receive side and detaches the device from the
+hub on the way out, whatever ended the connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import trio
+from quart import Blueprint, Response, websocket
+
+from dramaverse.actors.hub import SessionGone
+from dramaverse.actors.session import Device
+from dramaverse.errors import Conflict, DramaverseError, Unauthorized
+from dramaverse.http.auth import AuthUser
+from dramaverse.http.library_ops import OPERATIONS
+from dramaverse.http.responses import error_response
+from dramaverse.http.security import client_address, minutes_phrase
+from dramaverse.http.state import AppState, app_state
+
+log = logging.getLogger(__name__)
+blueprint = Blueprint("native_ws", __name__)
+
+PROTOCOL = "dramaverse.v1"
+TOKEN_PROTOCOL_PREFIX = "dramaverse.token."
+MAX_REQUEST_ID_LENGTH = 64
+ERROR_WINDOW_SECONDS = 10.0
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_HEARTBEAT_TIMEOUT = 4000
+CLOSE_AUTH_FAILED = 4100
+CLOSE_TOKEN_EXPIRED = 4101
+CLOSE_HELLO_TIMEOUT = 4102
+CLOSE_ABUSE = 4103
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class ProtocolError(Exception):
+    """A frame the protocol does not accept; answered with an error frame."""
+
+    def __init__(self, message: str, request_id: object = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+
+
+@blueprint.websocket("/api/ws")
+async def native_socket() -> Response | None:
+    state = app_state()
+    origin = websocket.headers.get("Origin")
+    if not state.cors.allows(origin):
+        # Cross-site WebSocket hijacking: a page on another origin cannot ride the user's socket.
+        return error_response(403, f"Origin {origin} is not allowed by CORS policy.")
+    offered = websocket.requested_subprotocols
+    token = next(
+        (
+            p.removeprefix(TOKEN_PROTOCOL_PREFIX)
+            for p in offered
+            if p.startswith(TOKEN_PROTOCOL_PREFIX)
+        ),
+        None,
+    )
+    header = websocket.headers.get("Authorization")
+    if header and header.startswith("Bearer "):
+        token = header.split(" ")[1]
+    if offered and PROTOCOL not in offered:
+        await websocket.accept()
+        await websocket.close(CLOSE_PROTOCOL_ERROR, f"subprotocol {PROTOCOL} required")
+        return None
+    await websocket.accept(subprotocol=PROTOCOL if offered else None)
+    address = client_address(
+        websocket.remote_addr, websocket.headers.get("X-Forwarded-For"), state.settings.trust_proxy
+    )
+    await NativeConnection(state, address, token).run()
+    return None
+
+
+class NativeConnection:
+    def __init__(self, state: AppState, address: str, token: str | None) -> None:
+        self._state = state
+        self._settings = state.settings
+        self._address = address
+        self._token = token
+        # The concrete object, so the connection's child tasks do not depend on context locals.
+        self._ws = websocket._get_current_object()  # type: ignore[attr-defined]
+        self._scope = trio.CancelScope()
+        self._close: tuple[int, str] | None = None
+        self._outbox: trio.MemorySendChannel[str] | None = None
+        self._last_seen = trio.current_time()
+        self._errors: deque[float] = deque()
+
+    def close(self, code: int, reason: str) -> None:
+        """End the connection with ``code``; the first caller wins. Never blocks."""
+        if self._close is None:
+            self._close = (code, reason)
+        self._scope.cancel()
+
+    def push(self, frame: str) -> None:
+        if self._outbox is None:
+            return
+        try:
+            self._outbox.send_nowait(frame)
+        except trio.WouldBlock:
+            self.close(4001, "slow consumer: outbox full")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.close(CLOSE_NORMAL, "")
+
+    async def run(self) -> None:
+        try:
+            with self._scope:
+                await self._serve()
+        finally:
+            code, reason = self._close or (CLOSE_NORMAL, "")
+            with trio.move_on_after(1) as cleanup:
+                cleanup.shield = True
+                try:
+                    await self._ws.close(code, reason)
+                except Exception:  # the peer may already be gone
+                    log.debug("close frame not sent", exc_info=True)
+
+    async def _serve(self) -> None:
+        hello = await self._receive_hello()
+        if hello is None:
+            return
+        user = await self._authenticate(hello)
+        if user is None:
+            return
+        resume = hello.get("resume")
+        send, receive = trio.open_memory_channel[str](self._settings.ws_outbox_size)
+        self._outbox = send
+        device = Device(send, self.close)
+        hub = self._state.hub
+        expires_in = user.expires_at - time.time()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, receive)
+                nursery.start_soon(self._watch_shutdown)
+                try:
+                    await hub.attach(user.id, device, resume, self._ready_frame(user))
+                except SessionGone:
+                    self.close(CLOSE_INTERNAL_ERROR, "session unavailable; reconnect")
+                    return
+                nursery.start_soon(self._heartbeat)
+                with trio.move_on_after(expires_in) as expiry:
+                    await self._reader(user)
+                if expiry.cancelled_caught:
+                    self.close(CLOSE_TOKEN_EXPIRED, "token expired")
+                nursery.cancel_scope.cancel()
+        finally:
+            hub.detach(user.id, device)
+
+    async def _receive_hello(self) -> dict[str, Any] | None:
+        raw: str | bytes | None = None
+        with trio.move_on_after(self._settings.ws_auth_timeout):
+            raw = await self._ws.receive()
+        if raw is None:
+            self.close(CLOSE_HELLO_TIMEOUT, "no hello in time")
+            return None
+        try:
+            message = self._parse(raw)
+            if message.get("type") != "hello":
+                raise ProtocolError("The first message must be hello.")
+            resume = message.get("resume")
+            if resume is not None and (
+                not isinstance(resume, int) or isinstance(resume, bool) or resume < 0
+            ):
+                raise ProtocolError("hello.resume must be a non-negative integer.")
+            token = message.get("token")
+            if token is not None and not isinstance(token, str):
+                raise ProtocolError("hello.token must be a string.")
+        except ProtocolError as exc:
+            self.close(CLOSE_AUTH_FAILED, exc.message)
+            return None
+        return message
+
+    async def _authenticate(self, hello: dict[str, Any]) -> AuthUser | None:
+        token = hello.get("token") or self._token
+        if not token:
+            self.close(CLOSE_AUTH_FAILED, "Authentication token required")
+            return None
+        try:
+            user = self._state.tokens.verify(token)
+        except Unauthorized as exc:
+            self.close(CLOSE_AUTH_FAILED, exc.message)
+            return None
+        if not await self._state.storage.user_exists(user.id):
+            self.close(CLOSE_AUTH_FAILED, "Invalid or expired token")
+            return None
+        return user
+
+    def _ready_frame(self, user: AuthUser) -> Any:
+        heartbeat = {
+            "interval": self._settings.ws_heartbeat_interval,
+            "timeout": self._settings.ws_heartbeat_timeout,
+        }
+
+        def render(head: int) -> str:
+            return _dumps(
+                {
+                    "type": "ready",
+                    "seq": head,
+                    "user": {"username": user.username},
+                    "heartbeat": heartbeat,
+                }
+            )
+
+        return render
+
+    async def _writer(self, receive: trio.MemoryReceiveChannel[str]) -> None:
+        async with receive:
+            async for frame in receive:
+                await self._ws.send(frame)
+
+    async def _watch_shutdown(self) -> None:
+        await self._state.shutdown.wait()
+        self.close(CLOSE_GOING_AWAY, "server shutting down")
+
+    async def _heartbeat(self) -> None:
+        interval = self._settings.ws_heartbeat_interval
+        timeout = self._settings.ws_heartbeat_timeout
+        while True:
+            await trio.sleep(interval)
+            sent_at = trio.current_time()
+            self.push(_dumps({"type": "ping", "t": int(time.time() * 1000)}))
+            await trio.sleep(timeout)
+            if self._last_seen < sent_at:
+                self.close(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
+                return
+
+    async def _reader(self, user: AuthUser) -> None:
+        while True:
+            raw = await self._ws.receive()
+            self._last_seen = trio.current_time()
+            try:
+                await self._handle(raw, user)
+            except ProtocolError as exc:
+                self._error(400, exc.message, exc.request_id)
+
+    def _error(self, status: int, message: str, request_id: object = None, **extra: Any) -> None:
+        frame: dict[str, Any] = {"type": "error"}
+        if request_id is not None:
+            frame["id"] = request_id
+        frame.update(status=status, message=message, **extra)
+        self.push(_dumps(frame))
+        if status == 400:
+            now = trio.current_time()
+            self._errors.append(now)
+            while self._errors and self._errors[0] < now - ERROR_WINDOW_SECONDS:
+                self._errors.popleft()
+            if len(self._errors) > self._settings.ws_max_errors:
+                self.close(CLOSE_ABUSE, "too many invalid messages")
+
+    @staticmethod
+    def _parse(raw: str | bytes) -> dict[str, Any]:
+        if isinstance(raw, bytes):
+            raise ProtocolError("Binary frames are not supported; send JSON text frames.")
+        try:
+            message = json.loads(raw, parse_constant=_reject_constant)
+        except RecursionError:
+            raise ProtocolError("Malformed JSON: nested too deeply.") from None
+        except ValueError as exc:
+            raise ProtocolError(f"Malformed JSON: {exc}.") from None
+        if not isinstance(message, dict):
+            raise ProtocolError("A message must be a JSON object.")
+        if not isinstance(message.get("type"), str):
+            raise ProtocolError("A message needs a string 'type'.")
+        return message
+
+    async def _handle(self, raw: str | bytes, user: AuthUser) -> None:
+        message = self._parse(raw)
+        kind = message["type"]
+        if kind == "pong":
+            return
+        if kind == "ping":
+            self.push('{"type":"pong"}')
+            return
+        if kind == "hello":
+            raise ProtocolError("Already authenticated: hello is only the first message.")
+        operation = OPERATIONS.get(kind)
+        if operation is None:
+            raise ProtocolError(f"Unknown message type {kind!r}."[:200])
+        request_id = message.get("id")
+        if (
+            not isinstance(request_id, str | int)
+            or isinstance(request_id, bool)
+            or len(str(request_id)) > MAX_REQUEST_ID_LENGTH
+        ):
+            raise ProtocolError(
+                f"A {kind} request needs an 'id' (string or integer, at most 64 characters)."
+            )
+        limiter = self._state.user_limiter
+        if limiter is not None and not limiter.hit(self._address).allowed:
+            when = minutes_phrase(limiter.rule.window)
+            self._error(429, f"Too many requests, please try again after {when}.", request_id)
+            return
+        try:
+            result = await operation(self._state, user, message.get("data", {}))
+        except Unauthorized as exc:
+            self._error(exc.status, exc.message, request_id)
+            self.close(CLOSE_AUTH_FAILED, exc.message)
+            return
+        except DramaverseError as exc:
+            extra = exc.extra if isinstance(exc, Conflict) else {}
+            self._error(exc.status, exc.message, request_id, **extra)
+            return
+        self.push(_dumps({"type": "ack", "id": request_id, "result": result}))
