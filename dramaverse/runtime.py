@@ -24,6 +24,7 @@ from dramaverse.actors.catalog import CatalogKeeper
 from dramaverse.actors.hub import open_hub, run_event_pruner
 from dramaverse.broker import open_broker
 from dramaverse.config import Settings
+from dramaverse.http import compression
 from dramaverse.http.app import create_app
 from dramaverse.http.state import AppState
 from dramaverse.storage import open_storage
@@ -44,6 +45,7 @@ class ServerHandle:
 
 
 def hypercorn_config(settings: Settings) -> Config:
+    compression.install()
     config = Config()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
