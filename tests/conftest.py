@@ -93,4 +93,3 @@ def settings(tmp_path: Path) -> Settings:
 async def server(settings: Settings) -> AsyncIterator[Server]:
     async with running_server(settings) as running:
         yield running
-
