@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import time
@@ -212,6 +213,23 @@ async def test_slow_consumer_is_evicted(tmp_path: Path) -> None:
                     code = await close_code(slow)
                     break
             assert code == 4001
+
+
+async def test_pings_keep_their_period_while_waiting_for_answers(tmp_path: Path) -> None:
+    # interval 0.5 s, timeout 0.45 s: pings must be ~0.5 s apart, not interval + timeout (0.95 s).
+    settings = make_settings(tmp_path, ws_heartbeat_interval=0.5, ws_heartbeat_timeout=0.45)
+    async with running_server(settings) as server:
+        alice = await server.register("alice")
+        async with device(server, alice) as ws:
+            await receive(ws)
+            stamps = []
+            for _ in range(4):
+                ping = await receive(ws)
+                assert ping["type"] == "ping"
+                stamps.append(ping["t"])
+                await ws.send_message(json.dumps({"type": "pong"}))
+            gaps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
+            assert all(400 <= gap < 900 for gap in gaps), gaps
 
 
 async def test_heartbeat_ping_and_timeout(tmp_path: Path) -> None:

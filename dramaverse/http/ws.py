@@ -238,12 +238,19 @@ class NativeConnection:
         self.close(CLOSE_GOING_AWAY, "server shutting down")
 
     async def _heartbeat(self) -> None:
+        """Ping every ``interval``; close if nothing came back within ``timeout`` of a ping.
+
+        Pings run on an absolute schedule, so waiting for the answer does not stretch the
+        period (a timeout longer than the interval stretches it to the timeout).
+        """
         interval = self._settings.ws_heartbeat_interval
         timeout = self._settings.ws_heartbeat_timeout
+        next_ping = trio.current_time() + interval
         while True:
-            await trio.sleep(interval)
+            await trio.sleep_until(next_ping)
             sent_at = trio.current_time()
             self.push(_dumps({"type": "ping", "t": int(time.time() * 1000)}))
+            next_ping = sent_at + max(interval, timeout)
             await trio.sleep(timeout)
             if self._last_seen < sent_at:
                 self.close(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
