@@ -1,0 +1,793 @@
+"""Shared helpers for the WebSocket benchmarks: a lean native-protocol client and server control.
+
+The client drives ``wsproto`` directly over ``trio.open_tcp_stream``: one object and no
+background task per connection (the caller's own task does the handshake, the ``hello`` and the
+receive loop), so one Python process can hold ten thousand connections. ``trio-websocket`` is not
+used because it cannot offer extensions (no permessage-deflate) and runs a reader task per
+connection.
+
+    conn, ready = await open_session("127.0.0.1", port, token, deflate=True)
+    code, reason = await run_frames(conn, on_frame)      # answers pings until the socket closes
+
+With ``deflate=True`` the upgrade request offers ``permessage-deflate; client_max_window_bits``
+(what browsers send). Frames from the server are inflated with a per-connection context, as a
+browser does; frames to the server are compressed with a fresh, small context each time (RFC 7692
+lets a sender never reuse its context without announcing it), so the client does not keep a
+256 KB deflate state per connection while the server still has to inflate what it receives.
+
+Arrival times are ``time.perf_counter()`` (CLOCK_MONOTONIC on Linux) taken when the chunk that
+completed a frame was read from the socket.
+
+The server helpers start a real ``python -m dramaverse serve`` the way ``bench.catalog_bench``
+does (temporary data directory, bundled sample catalog, development mode, rate limits off,
+``BCRYPT_ROUNDS=4``) and read its RSS and CPU time from ``/proc``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import Opcode, RsvBits
+
+from bench.catalog_bench import (
+    HOST,
+    _children,
+    _run_logged,
+    _tail,
+    _wait_healthy,
+    base_env,
+    free_port,
+    rss_mb,
+)
+from bench.loadgen import HTTPResponse, ProtocolError, _Conn
+
+__all__ = [
+    "HOST",
+    "PONG",
+    "SUBPROTOCOL",
+    "WS_PATH",
+    "BenchServer",
+    "BrowserDeflate",
+    "HTTPClient",
+    "LoopLag",
+    "SessionRefused",
+    "WSClosed",
+    "WSConn",
+    "WSError",
+    "WSHandshakeRejected",
+    "build_http_request",
+    "counters_delta",
+    "cpu_seconds",
+    "get_json",
+    "json_body",
+    "listen_queue_counters",
+    "open_session",
+    "percentiles",
+    "raise_nofile_limit",
+    "register_users",
+    "run_frames",
+    "self_rss_mb",
+    "single_error",
+    "source_revision",
+    "ws_connect",
+]
+
+SUBPROTOCOL = "dramaverse.v1"
+WS_PATH = "/api/ws"
+PONG = '{"type":"pong"}'
+PASSWORD = "bench-password"
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STOP_SIGNALS = ((signal.SIGINT, 15.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0))
+
+
+# --------------------------------------------------------------------------------------------
+# WebSocket client
+# --------------------------------------------------------------------------------------------
+
+
+class WSError(Exception):
+    """The WebSocket connection could not be opened or used."""
+
+
+class WSClosed(WSError):
+    """The connection is closed (``code`` 1006: closed without a close frame)."""
+
+    def __init__(self, code: int, reason: str | None = None) -> None:
+        super().__init__(f"closed with {code}" + (f" ({reason})" if reason else ""))
+        self.code = code
+        self.reason = reason or ""
+
+
+class WSHandshakeRejected(WSError):
+    """The server answered the upgrade request with an HTTP status instead of 101."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"upgrade refused with HTTP {status}: {body[:200]!r}")
+        self.status = status
+        self.body = body
+
+
+class SessionRefused(WSError):
+    """The server answered ``hello`` with something other than ``ready``."""
+
+    def __init__(self, frame: dict[str, Any]) -> None:
+        super().__init__(f"hello answered with {json.dumps(frame)[:300]}")
+        self.frame = frame
+
+
+class BrowserDeflate(PerMessageDeflate):
+    """permessage-deflate as a browser offers it, compressing outbound frames statelessly.
+
+    The offer is ``permessage-deflate; client_max_window_bits`` (wsproto's own offer would pin
+    both window sizes). Inbound frames use wsproto's per-connection inflater. Each outbound
+    message is compressed with a new 512-byte-window compressor that is dropped right after:
+    valid for any negotiated window, and it keeps 10,000 client connections from holding
+    10,000 deflate states (about 256 KB each at the default window and memory level).
+    """
+
+    def offer(self) -> str:
+        return "client_max_window_bits"
+
+    def frame_outbound(
+        self,
+        proto: Any,
+        opcode: Opcode,
+        rsv: RsvBits,
+        data: bytes,
+        fin: bool,
+    ) -> tuple[RsvBits, bytes]:
+        if not self._compressible_opcode(opcode):
+            return (rsv, data)
+        if opcode is Opcode.CONTINUATION or not fin:
+            raise WSError("BrowserDeflate only sends single-frame messages")
+        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -9, 1)
+        out = compressor.compress(bytes(data)) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        return (RsvBits(True, rsv[1], rsv[2]), out[:-4])
+
+
+class WSConn:
+    """One client WebSocket connection; used by a single task (no locking)."""
+
+    __slots__ = (
+        "_events",
+        "_parts",
+        "_recv_size",
+        "_stream",
+        "_ws",
+        "extension",
+        "last_recv",
+        "subprotocol",
+    )
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        ws: WSConnection,
+        accept: AcceptConnection,
+        pending: deque[Event],
+        recv_size: int,
+        last_recv: float,
+    ) -> None:
+        self._stream = stream
+        self._ws = ws
+        self._events = pending
+        self._parts: list[Any] = []
+        self._recv_size = recv_size
+        self.subprotocol = accept.subprotocol
+        self.extension: PerMessageDeflate | None = next(
+            (e for e in accept.extensions or () if isinstance(e, PerMessageDeflate)), None
+        )
+        self.last_recv = last_recv
+
+    @property
+    def deflate(self) -> bool:
+        """permessage-deflate was negotiated."""
+        return self.extension is not None
+
+    @property
+    def deflate_params(self) -> str | None:
+        """The negotiated permessage-deflate parameters, or None."""
+        ext = self.extension
+        if ext is None:
+            return None
+        params = [
+            f"client_max_window_bits={ext.client_max_window_bits}",
+            f"server_max_window_bits={ext.server_max_window_bits}",
+        ]
+        if ext.client_no_context_takeover:
+            params.append("client_no_context_takeover")
+        if ext.server_no_context_takeover:
+            params.append("server_no_context_takeover")
+        return "; ".join(params)
+
+    async def send_text(self, text: str) -> None:
+        try:
+            await self._stream.send_all(self._ws.send(TextMessage(data=text)))
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise WSClosed(1006, f"send failed: {type(exc).__name__}") from None
+
+    async def send_json(self, obj: Any) -> None:
+        await self.send_text(json.dumps(obj, separators=(",", ":")))
+
+    async def receive(self) -> str | bytes | bytearray:
+        """The next complete message; answers WebSocket pings; raises WSClosed at the end."""
+        events = self._events
+        while True:
+            while events:
+                ev = events.popleft()
+                if isinstance(ev, TextMessage | BytesMessage):
+                    if ev.message_finished and not self._parts:
+                        return ev.data
+                    self._parts.append(ev.data)
+                    if ev.message_finished:
+                        parts, self._parts = self._parts, []
+                        return ("" if isinstance(ev, TextMessage) else b"").join(parts)
+                elif isinstance(ev, Ping):
+                    with contextlib.suppress(OSError, trio.BrokenResourceError):
+                        await self._stream.send_all(self._ws.send(ev.response()))
+                elif isinstance(ev, CloseConnection):
+                    if self._ws.state is ConnectionState.REMOTE_CLOSING:
+                        with contextlib.suppress(OSError, trio.BrokenResourceError):
+                            await self._stream.send_all(self._ws.send(ev.response()))
+                    await self._abort()
+                    raise WSClosed(ev.code, ev.reason)
+            try:
+                data = await self._stream.receive_some(self._recv_size)
+            except (OSError, trio.BrokenResourceError) as exc:
+                await self._abort()
+                raise WSClosed(1006, f"receive failed: {type(exc).__name__}: {exc}") from None
+            except trio.ClosedResourceError:
+                raise WSClosed(1006, "closed locally") from None
+            if not data:
+                await self._abort()
+                raise WSClosed(1006, "connection closed without a close frame")
+            self.last_recv = time.perf_counter()
+            self._ws.receive_data(data)
+            events.extend(self._ws.events())
+
+    async def receive_json(self) -> dict[str, Any]:
+        msg = await self.receive()
+        frame = json.loads(msg)
+        if not isinstance(frame, dict):
+            raise WSError(f"frame is not a JSON object: {msg[:200]!r}")
+        return frame
+
+    async def aclose(self, code: int = 1000) -> None:
+        """Send a close frame (best effort, no waiting for the answer) and close the socket."""
+        try:
+            if self._ws.state is ConnectionState.OPEN:
+                with (
+                    contextlib.suppress(
+                        OSError, trio.BrokenResourceError, trio.ClosedResourceError
+                    ),
+                    trio.move_on_after(1),
+                ):
+                    await self._stream.send_all(self._ws.send(CloseConnection(code=code)))
+        finally:
+            await self._abort()
+
+    async def _abort(self) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self._stream)
+
+
+async def ws_connect(
+    host: str,
+    port: int,
+    path: str = WS_PATH,
+    *,
+    subprotocols: Sequence[str] = (SUBPROTOCOL,),
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    deflate: bool = False,
+    recv_size: int = 4096,
+) -> WSConn:
+    """Open a TCP connection and perform the WebSocket upgrade (no timeout: use a cancel scope)."""
+    stream = await trio.open_tcp_stream(host, port)
+    try:
+        ws = WSConnection(ConnectionType.CLIENT)
+        request = Request(
+            host=f"{host}:{port}",
+            target=path,
+            subprotocols=list(subprotocols),
+            extensions=[BrowserDeflate()] if deflate else [],
+            extra_headers=list(headers),
+        )
+        await stream.send_all(ws.send(request))
+        pending: deque[Event] = deque()
+        accept: AcceptConnection | None = None
+        reject_status = 0
+        body = bytearray()
+        while True:
+            data = await stream.receive_some(recv_size)
+            if not data:
+                raise WSError("connection closed during the upgrade")
+            now = time.perf_counter()
+            ws.receive_data(data)
+            for ev in ws.events():
+                if accept is not None:
+                    pending.append(ev)
+                elif isinstance(ev, AcceptConnection):
+                    accept = ev
+                elif isinstance(ev, RejectConnection):
+                    reject_status = ev.status_code
+                    if not ev.has_body:
+                        raise WSHandshakeRejected(reject_status, b"")
+                elif isinstance(ev, RejectData):
+                    body += ev.data
+                    if ev.body_finished:
+                        raise WSHandshakeRejected(reject_status, bytes(body))
+            if accept is not None:
+                return WSConn(stream, ws, accept, pending, recv_size, now)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
+        raise
+
+
+async def open_session(
+    host: str,
+    port: int,
+    token: str,
+    *,
+    deflate: bool = False,
+    auth: str = "hello",
+    resume: int | None = None,
+    recv_size: int = 4096,
+) -> tuple[WSConn, dict[str, Any]]:
+    """Connect to ``/api/ws``, send ``hello`` and wait for ``ready``; returns both.
+
+    ``auth`` is where the token goes: ``hello`` (the first message), ``header``
+    (``Authorization: Bearer``) or ``subprotocol`` (``dramaverse.token.<jwt>``). Server pings
+    that arrive before ``ready`` are answered. No timeout: wrap it in a cancel scope.
+    """
+    headers: list[tuple[bytes, bytes]] = []
+    subprotocols = [SUBPROTOCOL]
+    hello: dict[str, Any] = {"type": "hello"}
+    if auth == "header":
+        headers.append((b"authorization", f"Bearer {token}".encode("ascii")))
+    elif auth == "subprotocol":
+        subprotocols.append(f"dramaverse.token.{token}")
+    elif auth == "hello":
+        hello["token"] = token
+    else:
+        raise ValueError(f"unknown auth mode {auth!r}")
+    if resume is not None:
+        hello["resume"] = resume
+    conn = await ws_connect(
+        host, port, subprotocols=subprotocols, headers=headers, deflate=deflate, recv_size=recv_size
+    )
+    try:
+        if conn.subprotocol != SUBPROTOCOL:
+            raise WSError(f"server selected subprotocol {conn.subprotocol!r}")
+        await conn.send_json(hello)
+        while True:
+            frame = await conn.receive_json()
+            kind = frame.get("type")
+            if kind == "ready":
+                return conn, frame
+            if kind == "ping":
+                await conn.send_text(PONG)
+                continue
+            raise SessionRefused(frame)
+    except BaseException:
+        await conn._abort()
+        raise
+
+
+async def run_frames(
+    conn: WSConn,
+    on_frame: Callable[[dict[str, Any], float], None],
+    on_ping: Callable[[dict[str, Any], float], None] | None = None,
+) -> tuple[int, str]:
+    """Receive until the connection closes: answer ``ping`` with ``pong``, pass the rest on.
+
+    ``on_frame(frame, arrival)`` gets every other frame with its arrival time
+    (``time.perf_counter()``). Returns the close code and reason (1006: no close frame).
+    """
+    try:
+        while True:
+            msg = await conn.receive()
+            arrival = conn.last_recv
+            frame = json.loads(msg)
+            if isinstance(frame, dict) and frame.get("type") == "ping":
+                await conn.send_text(PONG)
+                if on_ping is not None:
+                    on_ping(frame, arrival)
+                continue
+            on_frame(frame, arrival)
+    except WSClosed as exc:
+        return exc.code, exc.reason
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP (raw keep-alive connections from bench.loadgen)
+# --------------------------------------------------------------------------------------------
+
+
+def build_http_request(
+    method: str,
+    host: str,
+    port: int,
+    path: str,
+    *,
+    body: bytes | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+) -> bytes:
+    """Raw bytes of one keep-alive HTTP/1.1 request (JSON body when ``body`` is given)."""
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        "User-Agent: dramaverse-bench/1",
+        "Accept: application/json",
+        "Connection: keep-alive",
+    ]
+    lines += [f"{k}: {v}" for k, v in headers]
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + (body or b"")
+
+
+def json_body(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+class HTTPClient:
+    """One keep-alive connection that reconnects after a failure or ``Connection: close``."""
+
+    __slots__ = ("_conn", "host", "port")
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._conn: _Conn | None = None
+
+    async def request(self, raw: bytes, *, want_body: bool = True) -> HTTPResponse:
+        """Send ``raw``; on a connection error the connection is dropped and the error raised."""
+        if self._conn is None:
+            self._conn = _Conn(await trio.open_tcp_stream(self.host, self.port))
+        try:
+            resp = await self._conn.request(raw, want_body=want_body)
+        except (OSError, trio.BrokenResourceError, ProtocolError):
+            await self.aclose()
+            raise
+        if not resp.keep_alive:
+            await self.aclose()
+        return resp
+
+    async def aclose(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await conn.aclose()
+
+
+async def register_users(
+    host: str,
+    port: int,
+    usernames: Sequence[str],
+    *,
+    concurrency: int = 16,
+    progress: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Register every username (password ``PASSWORD``) and return their tokens, in order."""
+    tokens: list[str | None] = [None] * len(usernames)
+    todo = iter(range(len(usernames)))
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        client = HTTPClient(host, port)
+        try:
+            for i in todo:
+                raw = build_http_request(
+                    "POST",
+                    host,
+                    port,
+                    "/api/auth/register",
+                    body=json_body({"username": usernames[i], "password": PASSWORD}),
+                )
+                resp = await client.request(raw)
+                if resp.status != 201:
+                    raise WSError(
+                        f"register {usernames[i]!r}: HTTP {resp.status} {resp.body[:200]!r}"
+                    )
+                tokens[i] = json.loads(resp.body)["token"]
+                done += 1
+                if progress is not None and done % 500 == 0:
+                    progress(f"registered {done}/{len(usernames)} users")
+        finally:
+            await client.aclose()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(max(1, min(concurrency, len(usernames)))):
+            nursery.start_soon(worker)
+    return [t for t in tokens if t is not None]
+
+
+async def get_json(host: str, port: int, path: str) -> Any:
+    client = HTTPClient(host, port)
+    try:
+        resp = await client.request(build_http_request("GET", host, port, path))
+    finally:
+        await client.aclose()
+    if resp.status != 200:
+        raise WSError(f"GET {path}: HTTP {resp.status} {resp.body[:200]!r}")
+    return json.loads(resp.body)
+
+
+# --------------------------------------------------------------------------------------------
+# Processes and measurements
+# --------------------------------------------------------------------------------------------
+
+
+def _tree(pid: int) -> list[int]:
+    out: list[int] = []
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        out.append(p)
+        stack.extend(_children(p))
+    return out
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` and its descendants (None if unavailable)."""
+    total = 0
+    seen = False
+    for p in _tree(pid):
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        seen = True
+    return total / _CLOCK_TICKS if seen else None
+
+
+def single_error(exc: BaseException) -> str:
+    """``Type: message`` of an exception, or of the first leaf of an exception group."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
+def listen_queue_counters() -> dict[str, int]:
+    """The kernel's ListenOverflows / ListenDrops counters (SYNs dropped: accept queue full)."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return {}
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return {k: int(table[k]) for k in ("ListenOverflows", "ListenDrops") if k in table}
+    return {}
+
+
+def counters_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in after if k in before}
+
+
+class LoopLag:
+    """Measures how late this process's Trio loop wakes up (client saturation check)."""
+
+    def __init__(self, period: float = 0.05) -> None:
+        self.period = period
+        self.samples: list[float] = []
+
+    async def run(self) -> None:
+        clock = time.perf_counter
+        while True:
+            t0 = clock()
+            await trio.sleep(self.period)
+            self.samples.append(clock() - t0 - self.period)
+
+    def take(self) -> dict[str, float | None]:
+        """Percentiles (ms) of the wake-up delays since the last call, then reset."""
+        out = percentiles(self.samples)
+        self.samples = []
+        return out
+
+
+def source_revision() -> dict[str, Any]:
+    """The git commit of the checkout and how many files under ``dramaverse/`` differ from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "dramaverse"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": head or None, "dramaverse_files_changed": len(dirty)}
+
+
+def self_rss_mb() -> float | None:
+    """This process's own RSS in MB (not its children: the server is one of them)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (children inherit it); return both."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def percentiles(values: list[float], scale: float = 1000.0) -> dict[str, float | None]:
+    """p50 / p99 / max (nearest rank) of ``values`` times ``scale`` (seconds -> ms)."""
+    if not values:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None, "mean_ms": None}
+    s = sorted(values)
+
+    def rank(pct: float) -> float:
+        idx = max(1, -(-len(s) * pct // 100))
+        return s[min(int(idx), len(s)) - 1]
+
+    return {
+        "p50_ms": round(rank(50) * scale, 3),
+        "p99_ms": round(rank(99) * scale, 3),
+        "max_ms": round(s[-1] * scale, 3),
+        "mean_ms": round(sum(s) / len(s) * scale, 3),
+    }
+
+
+@dataclass
+class BenchServer:
+    """A ``dramaverse serve`` subprocess in a temporary data directory (bundled sample seeded).
+
+    ``server_cmd`` replaces ``python -m dramaverse serve --host H --port P`` (for testing the
+    benchmarks themselves against another server; ``{python}``, ``{host}`` and ``{port}`` are
+    substituted).
+    """
+
+    name: str
+    env_extra: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    keep_tmp: bool = False
+    server_cmd: str | None = None
+    log: Callable[[str], None] = print
+    proc: subprocess.Popen[bytes] | None = None
+    tmp: Path | None = None
+    startup_s: float | None = None
+    stop_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def log_path(self) -> Path:
+        assert self.tmp is not None
+        return self.tmp / "server.log"
+
+    def start(self) -> BenchServer:
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"dramaverse-{self.name}-"))
+        env = base_env(self.tmp)
+        env.update(RATE_LIMIT_USER="off", RATE_LIMIT_AUTH="off", BCRYPT_ROUNDS="4")
+        env.update(self.env_extra)
+        seed_cmd = [sys.executable, "-m", "dramaverse", "seed", "--sample"]
+        _run_logged(seed_cmd, env=env, cwd=self.tmp, log_path=self.tmp / "seed.log")
+        self.port = self.port or free_port()
+        if self.server_cmd:
+            cmd = [
+                part.format(python=sys.executable, host=HOST, port=self.port)
+                for part in shlex.split(self.server_cmd)
+            ]
+        else:
+            cmd = [sys.executable, "-m", "dramaverse", "serve", "--host", HOST]
+            cmd += ["--port", str(self.port)]
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                cmd, env=env, cwd=self.tmp, stdout=out, stderr=subprocess.STDOUT
+            )
+        self.log(f"server pid {self.proc.pid} on {HOST}:{self.port} (temp dir {self.tmp})")
+        self.startup_s = trio.run(_wait_healthy, self.proc, self.port, self.log_path)
+        self.log(f"healthy after {self.startup_s:.1f}s, RSS {self.rss_mb()} MB")
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def rss_mb(self) -> float | None:
+        return rss_mb(self.pid)
+
+    def cpu_s(self) -> float | None:
+        return cpu_seconds(self.pid)
+
+    def tail(self, lines: int = 30) -> str:
+        return _tail(self.log_path, lines)
+
+    def stop(self) -> int | None:
+        """Stop the server (SIGINT, then SIGTERM, then SIGKILL) and remove the temp dir.
+
+        Returns the exit code; ``stop_info`` tells which signal ended it and how long it took.
+        """
+        code = None
+        if self.proc is not None:
+            proc = self.proc
+            t0 = time.perf_counter()
+            for sig, wait in STOP_SIGNALS:
+                if proc.poll() is not None:
+                    break
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+                try:
+                    proc.wait(timeout=wait)
+                    self.stop_info["stopped_by"] = sig.name
+                    break
+                except subprocess.TimeoutExpired:
+                    self.log(f"server pid {proc.pid} still running {wait:g}s after {sig.name}")
+            code = proc.returncode
+            self.stop_info.update(exit_code=code, stop_s=round(time.perf_counter() - t0, 2))
+            if code not in (0, -signal.SIGINT, None):
+                self.log(f"server exit code {code}")
+        if self.tmp is not None:
+            if self.keep_tmp:
+                self.log(f"kept {self.tmp}")
+            else:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+        return code
+
+    def __enter__(self) -> BenchServer:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
