@@ -38,16 +38,24 @@ def user_topic(user_id: int) -> str:
     return f"user:{user_id}"
 
 
+def resync_frame(head: int) -> str:
+    return json.dumps({"type": "resync", "seq": head}, separators=(",", ":"))
+
+
 @dataclass(eq=False)
 class Device:
     """One connection of a user as its session sees it.
 
     ``evict(code, reason)`` is called from the actor's task when the device must go; it must not
-    block (the connection closes itself asynchronously).
+    block (the connection closes itself asynchronously). ``render`` and ``render_resync`` turn an
+    event and a resync notice into the transport's frame (native JSON by default; Socket.IO
+    packets for that transport); the actor renders each event once per distinct renderer.
     """
 
     outbox: trio.MemorySendChannel[str]
     evict: Callable[[int, str], None]
+    render: Callable[[UserEvent], str] = UserEvent.frame
+    render_resync: Callable[[int], str] = resync_frame
     cursor: int = 0
     gone: bool = False
 
@@ -95,10 +103,6 @@ class Published:
 
 
 Message = Attach | Detach | Published
-
-
-def resync_frame(head: int) -> str:
-    return json.dumps({"type": "resync", "seq": head}, separators=(",", ":"))
 
 
 class UserSession:
@@ -196,9 +200,14 @@ class UserSession:
                 self.devices = [d for d in self.devices if d is not device]
 
     def _deliver(self, event: UserEvent) -> None:
-        frame = event.frame()
+        frames: dict[Callable[[UserEvent], str], str] = {}
         for device in self.devices:
-            if device.cursor < event.seq and device.push(frame):
+            if device.cursor >= event.seq:
+                continue
+            frame = frames.get(device.render)
+            if frame is None:
+                frame = frames[device.render] = device.render(event)
+            if device.push(frame):
                 device.cursor = event.seq
         self.head = event.seq
         if any(device.gone for device in self.devices):
@@ -211,7 +220,7 @@ class UserSession:
             if not found.complete:
                 # Pruned before we saw it: every device must rebuild from the full library.
                 for device in self.devices:
-                    if device.push(resync_frame(found.head)):
+                    if device.push(device.render_resync(found.head)):
                         device.cursor = found.head
                 self.head = found.head
                 self.devices = [d for d in self.devices if not d.gone]
@@ -239,12 +248,12 @@ class UserSession:
             fits = found.head - request.resume <= len(found.events)
             if found.complete and fits:
                 for event in found.events:
-                    device.push(event.frame())
+                    device.push(device.render(event))
                 replayed = found.events[-1].seq if found.events else 0
                 device.cursor = max(self.head, request.resume, replayed)
             else:
                 resynced = True
-                device.push(resync_frame(found.head))
+                device.push(device.render_resync(found.head))
                 device.cursor = max(self.head, found.head)
         if not device.gone:
             self.devices.append(device)
