@@ -101,6 +101,7 @@ class Delivery:
         self.pings = 0
         self.closes: dict[str, int] = {}
         self.delays: list[float] = []
+        self.sent_of_delay: list[float] = []  # the send time of each entry of ``delays``
         self.device_max = [0.0] * n
         self.first_arrival: float | None = None
         self.last_arrival: float | None = None
@@ -166,6 +167,7 @@ class Delivery:
         if sent:
             delay = arrival - sent
             self.delays.append(delay)
+            self.sent_of_delay.append(sent)
             if delay > self.device_max[dev]:
                 self.device_max[dev] = delay
         if self.first_arrival is None:
@@ -198,7 +200,21 @@ class Delivery:
                 for k, v in percentiles(per_device_max).items()
                 if k != "mean_ms"
             },
+            "delay_timeline": self.timeline(),
         }
+
+    def timeline(self, bucket_s: float = 1.0) -> list[dict[str, Any]]:
+        """Delay percentiles per ``bucket_s`` of send time: shows stalls and warm-up."""
+        if not self.delays:
+            return []
+        start = min(self.sent_of_delay)
+        buckets: dict[int, list[float]] = {}
+        for sent, delay in zip(self.sent_of_delay, self.delays, strict=True):
+            buckets.setdefault(int((sent - start) / bucket_s), []).append(delay)
+        return [
+            {"t_s": index * bucket_s, "n": len(found), **percentiles(found)}
+            for index, found in sorted(buckets.items())
+        ]
 
 
 # --------------------------------------------------------------------------------------------

@@ -105,7 +105,7 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
         if not 0 <= port <= 65535:
             raise ConfigError(f"--port must be from 0 to 65535 (got {port}).")
         settings = replace(settings, port=port)
-    trio.run(lambda: runtime.serve(settings, handle_signals=True))
+    trio.run(lambda: runtime.serve(settings, handle_signals=True, tune_collector=True))
     return 0
 
 

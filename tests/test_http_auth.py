@@ -10,6 +10,7 @@ import bcrypt
 import jwt
 import pytest
 
+from dramaverse.errors import Unauthorized
 from dramaverse.http.auth import REGISTER_INVALID, TokenService
 from tests.conftest import TEST_SECRET, Server
 
@@ -234,3 +235,39 @@ def test_token_service_round_trip_and_expiry() -> None:
     old = service.issue(7, "bob", now=time.time() - 120)
     with pytest.raises(Exception, match="Invalid or expired token"):
         service.verify(old)
+
+
+def test_a_remembered_token_still_expires() -> None:
+    now = [time.time()]
+    service = TokenService(TEST_SECRET, 60, clock=lambda: now[0])
+    token = service.issue(7, "bob")
+    assert service.verify(token).id == 7
+    assert service.verify(token).id == 7  # from the cache
+    now[0] += 61  # past exp: the cache must not keep it alive
+    with pytest.raises(Unauthorized, match="Invalid or expired token"):
+        service.verify(token)
+    with pytest.raises(Unauthorized, match="Invalid or expired token"):
+        service.verify(token)  # and not a second time either
+
+
+def test_the_token_cache_is_bounded_and_refuses_forgeries() -> None:
+    service = TokenService(TEST_SECRET, 60, cache_size=3)
+    tokens = [service.issue(i, f"user{i}") for i in range(5)]
+    for token in tokens:
+        service.verify(token)
+    assert len(service._cache) == 3
+    assert service.verify(tokens[0]).id == 0  # dropped, verified again, still fine
+    forged = tokens[1][:-2] + ("AA" if not tokens[1].endswith("AA") else "BB")
+    with pytest.raises(Unauthorized):
+        service.verify(forged)
+    assert forged not in service._cache
+
+
+@pytest.mark.parametrize("exp", ["tomorrow", True, None, [1]])
+def test_a_token_with_a_malformed_exp_is_refused(exp: object) -> None:
+    import jwt
+
+    service = TokenService(TEST_SECRET, 60)
+    token = jwt.encode({"id": 1, "username": "x", "exp": exp}, TEST_SECRET, algorithm="HS256")
+    with pytest.raises(Unauthorized, match="Invalid or expired token"):
+        service.verify(token)

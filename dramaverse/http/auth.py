@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,16 +76,31 @@ class AuthUser:
 
 
 class TokenService:
-    """HS256 JWTs carrying ``id`` and ``username``, like the original server's."""
+    """HS256 JWTs carrying ``id`` and ``username``, like the original server's.
+
+    Verified tokens are remembered (at most ``cache_size``, oldest dropped first): a device sends
+    the same token with every request, and checking the signature again costs more than the
+    rest of a library write. A remembered token is still refused once its ``exp`` has passed.
+    """
 
     ALGORITHM = "HS256"
 
-    def __init__(self, secret: str, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        secret: str,
+        ttl_seconds: int,
+        *,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._secret = secret
         self.ttl_seconds = ttl_seconds
+        self._cache: dict[str, AuthUser] = {}
+        self._cache_size = cache_size
+        self._clock = clock
 
     def issue(self, user_id: int, username: str, *, now: float | None = None) -> str:
-        issued = int(time.time() if now is None else now)
+        issued = int(self._clock() if now is None else now)
         claims = {
             "id": user_id,
             "username": username,
@@ -94,20 +110,40 @@ class TokenService:
         return jwt.encode(claims, self._secret, algorithm=self.ALGORITHM)
 
     def verify(self, token: str) -> AuthUser:
+        known = self._cache.get(token)
+        if known is not None:
+            if known.expires_at > self._clock():
+                return known
+            del self._cache[token]
+            raise Unauthorized(TOKEN_INVALID)
+        user = self._check(token)
+        if len(self._cache) >= self._cache_size:
+            del self._cache[next(iter(self._cache))]
+        self._cache[token] = user
+        return user
+
+    def _check(self, token: str) -> AuthUser:
         try:
+            # Expiry is checked below against our clock (the cache uses the same one).
             claims: dict[str, Any] = jwt.decode(
-                token, self._secret, algorithms=[self.ALGORITHM], options={"require": ["exp"]}
+                token,
+                self._secret,
+                algorithms=[self.ALGORITHM],
+                options={"require": ["exp"], "verify_exp": False},
             )
         except jwt.PyJWTError:
             raise Unauthorized(TOKEN_INVALID) from None
-        user_id, username = claims.get("id"), claims.get("username")
+        user_id, username, expires = claims.get("id"), claims.get("username"), claims["exp"]
         if (
             not isinstance(user_id, int)
             or isinstance(user_id, bool)
             or not isinstance(username, str)
+            or not isinstance(expires, int | float)
+            or isinstance(expires, bool)
+            or expires <= self._clock()
         ):
             raise Unauthorized(TOKEN_INVALID)
-        return AuthUser(user_id, username, float(claims["exp"]))
+        return AuthUser(user_id, username, float(expires))
 
     def verify_header(self, header: str | None) -> AuthUser:
         """Check an ``Authorization: Bearer <token>`` header."""

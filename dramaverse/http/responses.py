@@ -42,13 +42,24 @@ def _is_json(mimetype: str) -> bool:
 async def read_json_body() -> Any:
     """The request's JSON value; ``{}`` when the body is empty or not declared as JSON.
 
-    Like express.json, only a JSON content type is parsed, so a text/plain post validates as an
-    empty payload (400) rather than being trusted. The size limit is enforced by Quart
-    (MAX_CONTENT_LENGTH -> 413) before anything is parsed.
+    The size limit is enforced by Quart (MAX_CONTENT_LENGTH -> 413) before anything is parsed.
     """
     data = await request.get_data(as_text=False)
     assert isinstance(data, bytes)
-    if not _is_json(request.mimetype) or not data.strip():
+    return parse_json_body(data, request.mimetype)
+
+
+def mimetype_of(content_type: str | None) -> str:
+    """``application/json; charset=utf-8`` -> ``application/json`` (lower case)."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def parse_json_body(data: bytes, mimetype: str) -> Any:
+    """Parse a request body like express.json does: only a JSON content type is parsed.
+
+    A text/plain post therefore validates as an empty payload (400) rather than being trusted.
+    """
+    if not _is_json(mimetype) or not data.strip():
         return {}
     try:
         return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections import deque
 from typing import Any
@@ -245,7 +246,9 @@ class NativeConnection:
         """
         interval = self._settings.ws_heartbeat_interval
         timeout = self._settings.ws_heartbeat_timeout
-        next_ping = trio.current_time() + interval
+        # The first ping comes after a random part of the interval, so that thousands of
+        # sockets that connected together (a restart, a benchmark) do not ping in one burst.
+        next_ping = trio.current_time() + interval * random.uniform(0.5, 1.0)
         while True:
             await trio.sleep_until(next_ping)
             sent_at = trio.current_time()

@@ -15,10 +15,12 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
+import outcome
 import trio
 
 from dramaverse.domain.events import EventRange, UserEvent
@@ -40,6 +42,21 @@ ProgressFn = Callable[[int, int], None]
 
 _MIGRATIONS_PACKAGE = "dramaverse.storage.migrations.sqlite"
 _BUSY_TIMEOUT_MS = 5000
+_MAX_BATCH = 256  # writes per group-commit transaction
+
+
+@dataclass(eq=False)
+class _WriteJob(Generic[T]):
+    fn: Callable[[sqlite3.Connection], T]
+    wake: trio.Event = field(default_factory=trio.Event)  # done, or asked to lead
+    outcome: outcome.Outcome[T] | None = None
+
+
+def _batch_failure(exc: Exception) -> Exception:
+    """A fresh exception per job for a failure shared by the whole batch."""
+    if isinstance(exc, StorageUnavailable):
+        return StorageUnavailable(exc.message)
+    return StorageUnavailable(f"The database write failed: {exc}")
 
 
 def migration_files() -> list[tuple[int, str, str]]:
@@ -70,6 +87,8 @@ class SqliteStorage:
         self._writer: sqlite3.Connection | None = None
         self._readers: list[sqlite3.Connection] = []
         self._write_limiter = trio.CapacityLimiter(1)
+        self._queue: list[_WriteJob[Any]] = []  # writes waiting for the next transaction
+        self._leading = False  # a caller is running batches right now
         self._read_limiter = trio.CapacityLimiter(readers)
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -91,22 +110,99 @@ class SqliteStorage:
         self._writer = None
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in one IMMEDIATE transaction on the writer connection, in a thread."""
+        """Run ``fn`` in a write transaction on the writer connection; return after its commit.
 
-        def run() -> T:
-            conn = self._writer
-            assert conn is not None, "storage is closed"
+        Group commit: writes that queue up while a transaction is running are run together in
+        the next one (one thread hop), each inside its own savepoint, so a write that raises (a
+        409 conflict, an unknown drama) is rolled back alone. No caller hears "done" before the
+        COMMIT that holds its write; a failed COMMIT fails every write of the batch.
+
+        There is no writer task: the first caller becomes the leader and runs batches (shielded:
+        a batch once taken always completes and reports) until its own write is done, then hands
+        the lead to the oldest queued write's caller. A caller cancelled while its write is still
+        queued takes it out of the queue, so a cancelled write never runs late.
+        """
+        if self._writer is None:
+            raise StorageUnavailable("The database is closed.")
+        job: _WriteJob[T] = _WriteJob(fn)
+        self._queue.append(job)
+        if self._leading:
+            try:
+                await job.wake.wait()
+            except BaseException:
+                if job.outcome is None and job in self._queue:
+                    self._queue.remove(job)
+                    if job.wake.is_set():  # handed the lead just as it was cancelled: pass it on
+                        self._pass_lead()
+                raise
+        if job.outcome is None:  # woken to lead
+            self._leading = True
+            with trio.CancelScope(shield=True):
+                while job.outcome is None:
+                    batch = self._queue[:_MAX_BATCH]
+                    del self._queue[:_MAX_BATCH]
+                    try:
+                        await trio.to_thread.run_sync(
+                            self._run_batch, batch, limiter=self._write_limiter
+                        )
+                    finally:
+                        for done in batch:
+                            if done.outcome is None:  # the batch itself blew up
+                                failure = StorageUnavailable("The database write failed.")
+                                done.outcome = outcome.Error(failure)
+                            done.wake.set()
+            self._pass_lead()
+        assert job.outcome is not None
+        return job.outcome.unwrap()
+
+    def _pass_lead(self) -> None:
+        if self._queue:
+            self._queue[0].wake.set()
+        else:
+            self._leading = False
+
+    def _run_batch(self, batch: list[_WriteJob[Any]]) -> None:
+        """In the worker thread: BEGIN, each job in a savepoint, COMMIT."""
+        conn = self._writer
+        if conn is None:
+            for job in batch:
+                job.outcome = outcome.Error(StorageUnavailable("The database is closed."))
+            return
+        try:
             with _translate_errors():
                 conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = fn(conn)
-                except BaseException:
+        except Exception as exc:
+            for job in batch:
+                job.outcome = outcome.Error(_batch_failure(exc))
+            return
+        alone = len(batch) == 1
+        for job in batch:
+            if not alone:
+                conn.execute("SAVEPOINT job")
+            try:
+                with _translate_errors():
+                    value = job.fn(conn)
+            except Exception as exc:
+                if alone:
                     conn.execute("ROLLBACK")
-                    raise
+                    job.outcome = outcome.Error(exc)
+                    return
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                job.outcome = outcome.Error(exc)
+            else:
+                if not alone:
+                    conn.execute("RELEASE job")
+                job.outcome = outcome.Value(value)
+        try:
+            with _translate_errors():
                 conn.execute("COMMIT")
-                return result
-
-        return await trio.to_thread.run_sync(run, limiter=self._write_limiter)
+        except Exception as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for job in batch:
+                if isinstance(job.outcome, outcome.Value):
+                    job.outcome = outcome.Error(_batch_failure(exc))
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in a read transaction (one consistent snapshot) on a pooled reader."""
@@ -468,7 +564,8 @@ async def open_sqlite(path: Path, *, readers: int = 2) -> AsyncIterator[SqliteSt
         yield storage
     finally:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(storage._close_all)
+            async with storage._write_limiter:  # let a running batch finish first
+                await trio.to_thread.run_sync(storage._close_all)
 
 
 def library_from(mapping: Mapping[str, Any]) -> Library:

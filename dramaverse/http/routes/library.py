@@ -6,7 +6,7 @@ from quart import Blueprint, Response
 
 from dramaverse.http import library_ops
 from dramaverse.http.auth import AuthUser
-from dramaverse.http.responses import json_response, read_json_body
+from dramaverse.http.responses import json_response
 from dramaverse.http.routes.guards import authenticated
 from dramaverse.http.state import app_state
 
@@ -19,22 +19,11 @@ async def user_data(user: AuthUser) -> Response:
     return json_response(await library_ops.get_library(app_state(), user))
 
 
+# POST on these paths is answered by the raw-ASGI fast path in front of Quart
+# (dramaverse/http/fastpath.py). They stay registered here so the routing table knows them:
+# other methods get 405 with ``Allow: POST`` like every route.
 @blueprint.post("/api/user/favorites")
-@authenticated
-async def favorites(user: AuthUser) -> Response:
-    body = await read_json_body()
-    return json_response(await library_ops.set_favorite(app_state(), user, body))
-
-
 @blueprint.post("/api/user/statuses")
-@authenticated
-async def statuses(user: AuthUser) -> Response:
-    body = await read_json_body()
-    return json_response(await library_ops.set_status(app_state(), user, body))
-
-
 @blueprint.post("/api/user/reviews/episodes")
-@authenticated
-async def episode_reviews(user: AuthUser) -> Response:
-    body = await read_json_body()
-    return json_response(await library_ops.save_episode_review(app_state(), user, body))
+async def served_by_fast_path() -> Response:  # pragma: no cover - never reached
+    raise RuntimeError("library writes are served by dramaverse.http.fastpath")
