@@ -11,9 +11,10 @@ import dataclasses
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
@@ -46,11 +47,14 @@ class Settings:
     port: int = 3001
     data_dir: Path = Path("data")
     database_url: str = ""
+    database_pool_size: int = 10
     jwt_secret: str | None = None
     jwt_ttl_seconds: int = 24 * 3600
     cors_allowed_origins: tuple[str, ...] = DEFAULT_ORIGINS
     socket_io_path: str = "/socket.io/"
     redis_url: str | None = None
+    redis_prefix: str = "dramaverse:"
+    redis_reconnect_max_seconds: float = 10.0
     trust_proxy: int = 0
     rate_limit_auth: RateLimit | None = RateLimit(10, 30 * 60)
     rate_limit_user: RateLimit | None = RateLimit(200, 15 * 60)
@@ -70,6 +74,27 @@ class Settings:
     event_retention_count: int = 1000
     event_retention_seconds: int = 7 * 86400
     event_prune_seconds: float = 300.0
+    # Socket.IO compatibility (docs/socketio.md)
+    socket_io_ping_interval: float = 25.0
+    socket_io_ping_timeout: float = 20.0
+    socket_io_max_payload: int = 64 * 1024
+    socket_io_connect_timeout: float = 10.0
+    socket_io_recovery_seconds: int = 24 * 3600
+    # Watch parties (docs/watch-parties.md explains every default)
+    watch_lead_min_seconds: float = 0.3
+    watch_lead_max_seconds: float = 3.0
+    watch_drift_nudge_seconds: float = 0.04
+    watch_drift_seek_seconds: float = 0.5
+    watch_drift_max_nudge: float = 0.08
+    watch_barrier_seconds: float = 8.0
+    watch_host_grace_seconds: float = 15.0
+    watch_reconnect_grace_seconds: float = 60.0
+    watch_empty_room_seconds: float = 30.0
+    watch_chat_max_length: int = 500
+    watch_chat_rate: RateLimit = RateLimit(10, 10)
+    watch_history_size: int = 50
+    watch_max_members: int = 50
+    watch_report_seconds: float = 1.0
 
     @property
     def sqlite_path(self) -> Path:
@@ -154,6 +179,14 @@ def load_settings(
         raise ConfigError(
             f"REDIS_URL must be a redis://, rediss:// or unix:// URL (got {redis_url!r})."
         )
+    if redis_url is not None:
+        _check_redis_url(redis_url)
+    redis_prefix = get("REDIS_PREFIX") or "dramaverse:"
+    if len(redis_prefix) > 64 or not re.fullmatch(r"[A-Za-z0-9_.:{}-]+", redis_prefix):
+        raise ConfigError(
+            "REDIS_PREFIX must be 1 to 64 letters, digits or _.:{}- like dramaverse: "
+            f"(got {redis_prefix!r})."
+        )
 
     log_level = (get("LOG_LEVEL") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -167,11 +200,16 @@ def load_settings(
         port=_int(get("PORT"), "PORT", 3001, 0, 65535),
         data_dir=data_dir,
         database_url=database_url,
+        database_pool_size=_int(get("DATABASE_POOL_SIZE"), "DATABASE_POOL_SIZE", 10, 1, 100),
         jwt_secret=secret,
         jwt_ttl_seconds=_int(get("JWT_TTL_SECONDS"), "JWT_TTL_SECONDS", 24 * 3600, 60, 366 * 86400),
         cors_allowed_origins=origins,
         socket_io_path=socket_io_path,
         redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        redis_reconnect_max_seconds=_float(
+            get("REDIS_RECONNECT_MAX_SECONDS"), "REDIS_RECONNECT_MAX_SECONDS", 10.0, 0.1, 600
+        ),
         trust_proxy=_trust_proxy(get("TRUST_PROXY")),
         rate_limit_auth=_rate_limit(get("RATE_LIMIT_AUTH"), "RATE_LIMIT_AUTH", RateLimit(10, 1800)),
         rate_limit_user=_rate_limit(get("RATE_LIMIT_USER"), "RATE_LIMIT_USER", RateLimit(200, 900)),
@@ -213,7 +251,78 @@ def load_settings(
         event_prune_seconds=_float(
             get("EVENT_PRUNE_SECONDS"), "EVENT_PRUNE_SECONDS", 300.0, 0.05, 86400
         ),
+        # Socket.IO compatibility (docs/socketio.md)
+        socket_io_ping_interval=_float(
+            get("SOCKET_IO_PING_INTERVAL"), "SOCKET_IO_PING_INTERVAL", 25.0, 0.05, 3600
+        ),
+        socket_io_ping_timeout=_float(
+            get("SOCKET_IO_PING_TIMEOUT"), "SOCKET_IO_PING_TIMEOUT", 20.0, 0.05, 3600
+        ),
+        socket_io_max_payload=_int(
+            get("SOCKET_IO_MAX_PAYLOAD"), "SOCKET_IO_MAX_PAYLOAD", 64 * 1024, 1024, 16 << 20
+        ),
+        socket_io_connect_timeout=_float(
+            get("SOCKET_IO_CONNECT_TIMEOUT"), "SOCKET_IO_CONNECT_TIMEOUT", 10.0, 0.05, 600
+        ),
+        socket_io_recovery_seconds=_int(
+            get("SOCKET_IO_RECOVERY_SECONDS"),
+            "SOCKET_IO_RECOVERY_SECONDS",
+            24 * 3600,
+            0,
+            366 * 86400,
+        ),
+        **_watch_party(get),
     )
+
+
+def _watch_party(get: Callable[[str], str | None]) -> dict[str, Any]:
+    """The WATCH_* settings (docs/watch-parties.md)."""
+    chat_rate = _rate_limit(get("WATCH_CHAT_RATE"), "WATCH_CHAT_RATE", RateLimit(10, 10))
+    if chat_rate is None:
+        raise ConfigError("WATCH_CHAT_RATE must be COUNT/SECONDS like 10/10; it cannot be off.")
+    values: dict[str, Any] = {
+        "watch_lead_min_seconds": _float(
+            get("WATCH_LEAD_MIN_SECONDS"), "WATCH_LEAD_MIN_SECONDS", 0.3, 0.0, 10
+        ),
+        "watch_lead_max_seconds": _float(
+            get("WATCH_LEAD_MAX_SECONDS"), "WATCH_LEAD_MAX_SECONDS", 3.0, 0.0, 30
+        ),
+        "watch_drift_nudge_seconds": _float(
+            get("WATCH_DRIFT_NUDGE_SECONDS"), "WATCH_DRIFT_NUDGE_SECONDS", 0.04, 0.001, 10
+        ),
+        "watch_drift_seek_seconds": _float(
+            get("WATCH_DRIFT_SEEK_SECONDS"), "WATCH_DRIFT_SEEK_SECONDS", 0.5, 0.01, 600
+        ),
+        "watch_drift_max_nudge": _float(
+            get("WATCH_DRIFT_MAX_NUDGE"), "WATCH_DRIFT_MAX_NUDGE", 0.08, 0.001, 0.5
+        ),
+        "watch_barrier_seconds": _float(
+            get("WATCH_BARRIER_SECONDS"), "WATCH_BARRIER_SECONDS", 8.0, 0.1, 600
+        ),
+        "watch_host_grace_seconds": _float(
+            get("WATCH_HOST_GRACE_SECONDS"), "WATCH_HOST_GRACE_SECONDS", 15.0, 0.0, 3600
+        ),
+        "watch_reconnect_grace_seconds": _float(
+            get("WATCH_RECONNECT_GRACE_SECONDS"), "WATCH_RECONNECT_GRACE_SECONDS", 60.0, 0.0, 86400
+        ),
+        "watch_empty_room_seconds": _float(
+            get("WATCH_EMPTY_ROOM_SECONDS"), "WATCH_EMPTY_ROOM_SECONDS", 30.0, 0.0, 86400
+        ),
+        "watch_chat_max_length": _int(
+            get("WATCH_CHAT_MAX_LENGTH"), "WATCH_CHAT_MAX_LENGTH", 500, 1, 10_000
+        ),
+        "watch_chat_rate": chat_rate,
+        "watch_history_size": _int(get("WATCH_HISTORY_SIZE"), "WATCH_HISTORY_SIZE", 50, 0, 1000),
+        "watch_max_members": _int(get("WATCH_MAX_MEMBERS"), "WATCH_MAX_MEMBERS", 50, 1, 1000),
+        "watch_report_seconds": _float(
+            get("WATCH_REPORT_SECONDS"), "WATCH_REPORT_SECONDS", 1.0, 0.1, 60
+        ),
+    }
+    if values["watch_lead_max_seconds"] < values["watch_lead_min_seconds"]:
+        raise ConfigError("WATCH_LEAD_MAX_SECONDS must not be less than WATCH_LEAD_MIN_SECONDS.")
+    if values["watch_drift_seek_seconds"] <= values["watch_drift_nudge_seconds"]:
+        raise ConfigError("WATCH_DRIFT_SEEK_SECONDS must be more than WATCH_DRIFT_NUDGE_SECONDS.")
+    return values
 
 
 def sqlite_path_from_url(url: str) -> Path:
@@ -232,12 +341,28 @@ def _check_database_url(url: str) -> None:
                 f"sqlite:////absolute/path.db (got {url!r})."
             )
     elif scheme in ("postgres", "postgresql"):
-        raise ConfigError(
-            "DATABASE_URL=postgresql://... is not supported by this version yet; "
-            "use a sqlite:/// URL or leave it unset."
-        )
+        try:
+            urlsplit(url).port  # noqa: B018 - parsing the port is the check
+        except ValueError:
+            raise ConfigError(
+                "DATABASE_URL for PostgreSQL must look like "
+                "postgresql://user:password@host:5432/dbname (its port is not a number)."
+            ) from None
     else:
-        raise ConfigError(f"DATABASE_URL must be a sqlite:/// URL (got scheme {scheme!r}).")
+        raise ConfigError(
+            f"DATABASE_URL must be a sqlite:/// or postgresql:// URL (got scheme {scheme!r})."
+        )
+
+
+def _check_redis_url(url: str) -> None:
+    from redis.connection import parse_url
+
+    try:
+        parts = parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:  # the URL may hold a password: do not echo it
+        raise ConfigError(f"REDIS_URL is not a valid Redis URL: {exc}") from None
+    if url.startswith("unix:") and not parts.get("path"):
+        raise ConfigError("REDIS_URL=unix://... must name a socket, like unix:///run/redis.sock.")
 
 
 def _check_secret(secret: str, where: str) -> None:

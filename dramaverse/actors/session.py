@@ -6,9 +6,10 @@ on a device: a full outbox gets the device evicted with close code 4001 (slow co
 
 Gaps are expected and repaired: the broker is best effort, concurrent writers publish in any
 order, and an inbox that overflowed drops messages. Whenever an event arrives more than one past
-``head``, when the inbox overflowed, and periodically while idle, the actor reads the missing
-range from the durable log. A device that resumes gets its missed events from the log too, or a
-``resync`` frame when the log no longer has them.
+``head``, when the inbox overflowed, when the broker reports a gap (``on_gap``: it reconnected to
+Redis), and periodically while idle, the actor reads the missing range from the durable log. A
+device that resumes gets its missed events from the log too, or a ``resync`` frame when the log
+no longer has them.
 
 Resource handling: the hub owns the nursery the actor runs in and the inbox's send side; the
 actor owns the receive side and the broker subscription, and exits (closing its inbox) after its
@@ -102,7 +103,12 @@ class Published:
     raw: bytes
 
 
-Message = Attach | Detach | Published
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """The broker may have lost messages (it reconnected): repair from the log now."""
+
+
+Message = Attach | Detach | Published | Gap
 
 
 class UserSession:
@@ -142,9 +148,20 @@ class UserSession:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the actor is gone; nothing to deliver to
 
+    def _on_gap(self) -> None:
+        """Broker callback: messages may be missing; repair at once, not at the next check."""
+        try:
+            self.inbox.send_nowait(Gap())
+        except trio.WouldBlock:
+            self._lossy = True  # a full inbox wakes the loop anyway, and the flag repairs
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
     async def run(self) -> None:
         try:
-            async with self._broker.subscribe(user_topic(self.user_id), self._on_published):
+            async with self._broker.subscribe(
+                user_topic(self.user_id), self._on_published, on_gap=self._on_gap
+            ):
                 # Subscribe first, then read the head: anything published in between is either
                 # at or below the head (skipped) or above it (delivered).
                 self.head = await self._storage.event_head(self.user_id)
@@ -198,6 +215,8 @@ class UserSession:
             case Detach(device):
                 device.gone = True
                 self.devices = [d for d in self.devices if d is not device]
+            case Gap():
+                await self._catch_up()
 
     def _deliver(self, event: UserEvent) -> None:
         frames: dict[Callable[[UserEvent], str], str] = {}

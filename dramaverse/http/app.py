@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from dramaverse.errors import Conflict, DramaverseError
 from dramaverse.http import ws
-from dramaverse.http.responses import error_response, raw_json_response
+from dramaverse.http.responses import error_response, json_response, raw_json_response
 from dramaverse.http.routes import accounts, catalog, library
 from dramaverse.http.security import SECURITY_HEADERS, CorsPolicy
 from dramaverse.http.state import AppState
@@ -59,7 +59,12 @@ def create_app(state: AppState) -> QuartTrio:
 
     @app.get("/api/health")
     async def health() -> Response:
-        return raw_json_response(HEALTH_OK)
+        # Healthy: the precomputed body. A degraded broker (Redis unreachable) still answers 200,
+        # because this process serves requests and local live sync (docs/redis.md).
+        broker = state.broker.health()
+        if broker["status"] == "ok":
+            return raw_json_response(HEALTH_OK)
+        return json_response({"status": "degraded", "broker": broker})
 
     app.register_blueprint(catalog.blueprint)
     app.register_blueprint(accounts.blueprint)
