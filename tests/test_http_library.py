@@ -222,6 +222,14 @@ async def test_whole_float_episode_is_accepted(server: Server) -> None:
         (b"[" * 5000 + b"]" * 5000, "application/json", 400, "Malformed JSON"),
         (b'{"dramaUrl": "x", "isFavorite": true}', "text/plain", 400, "Invalid payload."),
         (b"", "application/json", 400, "Invalid payload."),
+        (b'{"dramaUrl": "x\\ud800y", "isFavorite": true}', "application/json", 400, "surrogates"),
+        (b'{"dramaUrl": "x\\u0000", "isFavorite": true}', "application/json", 400, "NUL"),
+        (
+            b'{"dramaUrl": "x", "isFavorite": true, "k": ["\\udc00"]}',
+            "application/json",
+            400,
+            "NUL",
+        ),
     ],
 )
 async def test_malformed_bodies(
@@ -247,3 +255,25 @@ async def test_body_size_limit_is_413(server: Server) -> None:
     )
     assert response.status_code == 413
     assert "too large" in response.json()["message"]
+
+
+async def test_unstorable_strings_are_refused_everywhere(server: Server) -> None:
+    # A lone surrogate in a password used to reach bcrypt's UTF-8 encoding and fail with a 500.
+    register = await server.client.post(
+        "/api/auth/register",
+        content=b'{"username": "bob_1", "password": "secret\\ud800pw"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert register.status_code == 400
+    token = await server.register("alice")
+    review = await server.client.post(
+        "/api/user/reviews/episodes",
+        content=(
+            b'{"dramaUrl": "%s", "episodeNumber": 1, "text": "ok\\u0000", "updatedAt": 0}'
+            % URL.encode()
+        ),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    assert review.status_code == 400
+    data = (await server.get_as(token, "/api/user/data")).json()["data"]
+    assert data["episodeReviews"] == {}

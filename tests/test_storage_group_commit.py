@@ -122,3 +122,34 @@ async def test_a_write_cancelled_while_queued_never_runs(tmp_path: Path) -> None
         result = await storage.set_favorite(user, SetFavorite(urls[2], True))
         assert result.event is not None
         assert result.event.seq == 2
+
+
+def test_concurrent_migrations_from_several_processes_are_safe(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, trio\n"
+        "from pathlib import Path\n"
+        "from dramaverse.storage.sqlite import open_sqlite\n"
+        "async def main():\n"
+        "    async with open_sqlite(Path(sys.argv[1])) as s:\n"
+        "        print(len(await s.migrate()))\n"
+        "trio.run(main)\n"
+    )
+    db = str(tmp_path / "m.db")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, db], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    results = [proc.communicate(timeout=60) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0, 0], [err for _, err in results]
+    applied = sum(int(out) for out, _ in results)
+    conn = sqlite3.connect(db)
+    try:
+        versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
+    finally:
+        conn.close()
+    assert applied == len(versions) == len(set(versions))  # each applied exactly once

@@ -365,6 +365,12 @@ def request(kind: str, data: Any, request_id: Any = "r1") -> str:
             404,
             "not found",
         ),
+        (
+            '{"type": "review.save", "id": 1, "data": {"dramaUrl": "x\\ud800"}}',
+            400,
+            "lone surrogates",
+        ),
+        ('{"type": "status.set", "id": 1, "data": {"status": "a\\u0000"}}', 400, "NUL"),
     ],
 )
 async def test_malformed_frames_get_an_error_and_the_socket_stays_usable(

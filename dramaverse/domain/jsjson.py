@@ -163,3 +163,26 @@ def js_json(value: Any) -> bytes:
 def utf16_sorted(values: Iterable[str]) -> list[str]:
     """Array.prototype.sort's default order: UTF-16 code units, not code points."""
     return sorted(values, key=lambda value: value.encode("utf-16-be", "surrogatepass"))
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable_text(value: Any, depth: int = 0) -> bool:
+    """True when a decoded JSON value holds a string no database can store as sent.
+
+    JSON's ``\\u`` escapes can produce lone UTF-16 surrogates (not encodable as UTF-8) and NUL
+    characters (refused by PostgreSQL text columns). Both backends must answer the same, so
+    requests carrying them are refused up front with a 400 instead of failing in storage.
+    """
+    if isinstance(value, str):
+        return _UNSTORABLE.search(value) is not None
+    if depth > 64:  # json.loads has already bounded the nesting; this only guards recursion
+        return False
+    if isinstance(value, dict):
+        return any(
+            unstorable_text(k, depth + 1) or unstorable_text(v, depth + 1) for k, v in value.items()
+        )
+    if isinstance(value, list):
+        return any(unstorable_text(item, depth + 1) for item in value)
+    return False

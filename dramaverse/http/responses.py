@@ -7,9 +7,11 @@ from typing import Any
 
 from quart import Response, request
 
+from dramaverse.domain.jsjson import unstorable_text
 from dramaverse.errors import BadRequest
 
 JSON_TYPE = "application/json; charset=utf-8"
+UNSTORABLE = "Malformed JSON body: strings must not contain NUL characters or lone surrogates."
 
 
 def dumps(value: Any) -> bytes:
@@ -62,10 +64,14 @@ def parse_json_body(data: bytes, mimetype: str) -> Any:
     if not _is_json(mimetype) or not data.strip():
         return {}
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        text = data.decode("utf-8")
+        value = json.loads(text, parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise BadRequest("Malformed JSON body: not valid UTF-8.") from None
     except RecursionError:
         raise BadRequest("Malformed JSON body: nested too deeply.") from None
     except ValueError as exc:
         raise BadRequest(f"Malformed JSON body: {exc}.") from None
+    if "\\u" in text and unstorable_text(value):  # only \u escapes can produce them
+        raise BadRequest(UNSTORABLE)
+    return value

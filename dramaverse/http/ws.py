@@ -24,6 +24,7 @@ from quart import Blueprint, Response, websocket
 
 from dramaverse.actors.hub import SessionGone
 from dramaverse.actors.session import Device
+from dramaverse.domain.jsjson import unstorable_text
 from dramaverse.errors import Conflict, DramaverseError, Unauthorized
 from dramaverse.http.auth import AuthUser
 from dramaverse.http.library_ops import OPERATIONS
@@ -294,6 +295,8 @@ class NativeConnection:
             raise ProtocolError(f"Malformed JSON: {exc}.") from None
         if not isinstance(message, dict):
             raise ProtocolError("A message must be a JSON object.")
+        if "\\u" in raw and unstorable_text(message):
+            raise ProtocolError("Strings must not contain NUL characters or lone surrogates.")
         if not isinstance(message.get("type"), str):
             raise ProtocolError("A message needs a string 'type'.")
         return message

@@ -240,14 +240,22 @@ class SqliteStorage:
                         continue
                     # executescript commits first and runs the script verbatim, so the script
                     # itself carries BEGIN/COMMIT: the migration and its record land together.
+                    # The record goes first: if another process applied this migration since
+                    # we looked (BEGIN IMMEDIATE waited for it), the insert fails and we skip.
                     try:
                         conn.executescript(
                             "BEGIN IMMEDIATE;\n"
-                            f"{sql}\n;"
                             "INSERT INTO schema_migrations (version, name, applied_at) "
                             f"VALUES ({version}, '{name}', {int(time.time())});\n"
+                            f"{sql}\n;"
                             "COMMIT;"
                         )
+                    except sqlite3.IntegrityError:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        if _migration_recorded(conn, version):
+                            continue  # applied concurrently by another process
+                        raise
                     except BaseException:
                         if conn.in_transaction:
                             conn.execute("ROLLBACK")
@@ -504,6 +512,11 @@ class SqliteStorage:
             return int(by_age.rowcount + by_count.rowcount)
 
         return await self._write(run)
+
+
+def _migration_recorded(conn: sqlite3.Connection, version: int) -> bool:
+    found = conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,))
+    return found.fetchone() is not None
 
 
 def _head(conn: sqlite3.Connection, user_id: int) -> int:
