@@ -23,6 +23,11 @@ connects every device, calls ``task_status.started(stats)`` once all are ready o
 reports frames with ``sink.on_frame(user, device, arrival, frame)`` (arrival: seconds on
 CLOCK_MONOTONIC, i.e. ``time.perf_counter()``; a transport driven from another process can stamp
 with the same clock) until it is cancelled. Add it to ``TRANSPORTS``.
+
+``--transport socketio`` drives the npm socket.io-client from one Node process
+(``bench/sio_devices.py``: the frontend's options, measured once upgraded to WebSocket).
+``--transport native,socketio`` runs each on a fresh server in one invocation and prints
+``{"runs": {...}, "comparison": {...}}`` with the Socket.IO/native p99 delay ratio (target 1.5).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import trio
 
 from bench.catalog_bench import BenchError
 from bench.loadgen import ProtocolError
+from bench.sio_devices import socketio_transport
 from bench.wsclient import (
     HOST,
     BenchServer,
@@ -311,7 +317,43 @@ async def native_transport(
         closing = True
 
 
-TRANSPORTS: dict[str, Transport] = {"native": native_transport}
+TRANSPORTS: dict[str, Transport] = {"native": native_transport, "socketio": socketio_transport}
+P99_TARGET_RATIO = 1.5  # the Socket.IO path's p99 delay within 1.5x of the native path's
+
+
+def transport_list(text: str) -> list[str]:
+    """``--transport native,socketio``: one run per transport, each on a fresh server."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TRANSPORTS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of distinct transports from {sorted(TRANSPORTS)}"
+        )
+    return names
+
+
+def compare(docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The figures of several runs side by side, and the Socket.IO/native p99 ratio."""
+    figures = {
+        name: {
+            "delay_ms": doc.get("delay_ms"),
+            "per_device_max_delay_ms": doc.get("per_device_max_delay_ms"),
+            "events_per_s": doc.get("events_per_s"),
+            "events_lost": doc.get("events_lost"),
+            "server_cpu_ms_per_write": doc.get("server_cpu_ms_per_write"),
+            "exit_status": doc.get("exit_status"),
+        }
+        for name, doc in docs.items()
+    }
+    result: dict[str, Any] = {"figures": figures}
+    native = (docs.get("native", {}).get("delay_ms") or {}).get("p99_ms")
+    socketio = (docs.get("socketio", {}).get("delay_ms") or {}).get("p99_ms")
+    if native and socketio:
+        ratio = socketio / native
+        result["socketio_over_native_p99"] = round(ratio, 3)
+        result["p99_target_ratio"] = P99_TARGET_RATIO
+        result["p99_within_target"] = ratio <= P99_TARGET_RATIO
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -516,7 +558,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=2, help="devices per user")
     parser.add_argument("--rounds", type=int, default=10, help="writes per user")
     parser.add_argument("--in-flight", type=int, default=50, help="HTTP requests outstanding")
-    parser.add_argument("--transport", choices=sorted(TRANSPORTS), default="native")
+    parser.add_argument(
+        "--transport",
+        type=transport_list,
+        default=["native"],
+        help=f"one of {sorted(TRANSPORTS)}, or several comma-separated (each on a fresh server)",
+    )
     parser.add_argument("--deflate", action="store_true", help="negotiate permessage-deflate")
     parser.add_argument("--connect-concurrency", type=int, default=64, help="handshakes at once")
     parser.add_argument("--deadline", type=float, default=300.0, help="global limit, seconds")
@@ -528,6 +575,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(args.users, args.devices, args.rounds, args.in_flight) < 1:
         parser.error("--users, --devices, --rounds and --in-flight must be >= 1")
 
+    transports: list[str] = args.transport
+    docs = {}
+    for name in transports:
+        args.transport = name
+        docs[name] = run_once(args)
+        if docs[name]["exit_status"] == 130:
+            break  # interrupted: do not start the next run
+    if len(docs) == 1:
+        doc = docs[transports[0]]
+    else:
+        doc = {"benchmark": "fanout", "runs": docs, "comparison": compare(docs)}
+        log(f"comparison: {json.dumps(doc['comparison'])}")
+    statuses = [run["exit_status"] for run in docs.values()]
+    status = 1 if 1 in statuses else max(statuses)
+    text = json.dumps(doc, indent=2)
+    print(text)
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(text + "\n", "utf-8")
+    return int(status)
+
+
+def run_once(args: argparse.Namespace) -> dict[str, Any]:
+    """One run of ``args.transport`` against its own server; the document, with exit_status."""
     t_start = time.monotonic()
     nofile = raise_nofile_limit()
     doc: dict[str, Any] = {
@@ -587,12 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         status = 2
     doc["exit_status"] = status
-    text = json.dumps(doc, indent=2)
-    print(text)
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(text + "\n", "utf-8")
-    return status
+    return doc
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from dramaverse.config import Settings
 from dramaverse.http import compression, send_coalescing
 from dramaverse.http.app import create_app
 from dramaverse.http.fastpath import LibraryWriteFastPath
+from dramaverse.http.socketio import engine_server
 from dramaverse.http.state import AppState
 from dramaverse.storage import open_storage
 
@@ -83,6 +84,7 @@ async def serve(
         state = AppState.build(settings, storage, keeper, broker, hub, shutdown)
         await nursery.start(partial(run_event_pruner, storage, settings, clock_ms=state.clock_ms))
         app = create_app(state)
+        await nursery.start(engine_server(app).run)  # Socket.IO sessions; closed on shutdown
         if handle_signals:
             nursery.start_soon(_wait_for_signal, shutdown)
         async with trio.open_nursery() as http_nursery:

@@ -13,7 +13,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from dramaverse.errors import Conflict, DramaverseError
-from dramaverse.http import ws
+from dramaverse.http import socketio, ws
 from dramaverse.http.responses import error_response, json_response, raw_json_response
 from dramaverse.http.routes import accounts, catalog, library
 from dramaverse.http.security import SECURITY_HEADERS, CorsPolicy
@@ -31,9 +31,12 @@ def create_app(state: AppState) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     cors = state.cors
+    engine_path = state.settings.socket_io_path  # Engine.IO answers CORS itself (credentials)
 
     @app.before_request
     async def check_origin() -> Response | None:
+        if request.path == engine_path:
+            return None
         origin = request.headers.get("Origin")
         if not cors.allows(origin):
             # The original server raised here and answered 500; a refusal is a 403.
@@ -50,7 +53,12 @@ def create_app(state: AppState) -> QuartTrio:
         headers = response.headers
         headers.extend(SECURITY_HEADERS)
         origin = request.headers.get("Origin")
-        if origin is not None and cors.allows(origin) and request.method != "OPTIONS":
+        if (
+            origin is not None
+            and cors.allows(origin)
+            and request.method != "OPTIONS"
+            and request.path != engine_path
+        ):
             headers.extend(CorsPolicy.grant_headers(origin))
         extra = g.get("extra_headers")
         if extra:
@@ -70,6 +78,7 @@ def create_app(state: AppState) -> QuartTrio:
     app.register_blueprint(accounts.blueprint)
     app.register_blueprint(library.blueprint)
     app.register_blueprint(ws.blueprint)
+    socketio.install(app, state)  # its sessions' nursery: runtime starts engine_server(app).run
 
     @app.errorhandler(DramaverseError)
     async def known_error(error: DramaverseError) -> Response:
