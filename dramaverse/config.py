@@ -26,6 +26,7 @@ MIN_SECRET_LENGTH = 32
 DEFAULT_ORIGINS = ("http://localhost:5173", "http://127.0.0.1:5173")
 SECRET_FILE_NAME = "jwt_secret"
 ENVIRONMENTS = ("development", "production", "test")
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,23 @@ class Settings:
     watch_history_size: int = 50
     watch_max_members: int = 50
     watch_report_seconds: float = 1.0
+    # /api/player/status and room snapshots (docs/player-status.md)
+    player_status_ttl_seconds: int = 60
+    player_status_keep: int = 5
+    player_status_rate: RateLimit | None = RateLimit(120, 60)
+    room_snapshot_retention_seconds: int = 86400
+    # Worker processes (docs/scaling.md): WORKERS and WORKER_SOCKET_DIR come from the
+    # environment; worker_id and worker_listen_fd are set by the supervisor for each worker.
+    workers: int = 1
+    worker_socket_dir: Path | None = None
+    worker_id: int | None = None
+    worker_listen_fd: int | None = None
+
+    @property
+    def worker_socket_path(self) -> Path:
+        """The private Unix socket of worker ``worker_id`` (``<dir>/<id>.sock``)."""
+        directory = self.worker_socket_dir or self.data_dir / "workers"
+        return directory / f"{self.worker_id}.sock"
 
     @property
     def sqlite_path(self) -> Path:
@@ -272,6 +290,9 @@ def load_settings(
             366 * 86400,
         ),
         **_watch_party(get),
+        **_player_status(get),
+        workers=_int(get("WORKERS"), "WORKERS", 1, 1, MAX_WORKERS),
+        worker_socket_dir=_path(get("WORKER_SOCKET_DIR")),
     )
 
 
@@ -323,6 +344,26 @@ def _watch_party(get: Callable[[str], str | None]) -> dict[str, Any]:
     if values["watch_drift_seek_seconds"] <= values["watch_drift_nudge_seconds"]:
         raise ConfigError("WATCH_DRIFT_SEEK_SECONDS must be more than WATCH_DRIFT_NUDGE_SECONDS.")
     return values
+
+
+def _player_status(get: Callable[[str], str | None]) -> dict[str, Any]:
+    """The PLAYER_STATUS_* and ROOM_SNAPSHOT_* settings (docs/player-status.md)."""
+    return {
+        "player_status_ttl_seconds": _int(
+            get("PLAYER_STATUS_TTL_SECONDS"), "PLAYER_STATUS_TTL_SECONDS", 60, 1, 86400
+        ),
+        "player_status_keep": _int(get("PLAYER_STATUS_KEEP"), "PLAYER_STATUS_KEEP", 5, 1, 100),
+        "player_status_rate": _rate_limit(
+            get("PLAYER_STATUS_RATE"), "PLAYER_STATUS_RATE", RateLimit(120, 60)
+        ),
+        "room_snapshot_retention_seconds": _int(
+            get("ROOM_SNAPSHOT_RETENTION_SECONDS"),
+            "ROOM_SNAPSHOT_RETENTION_SECONDS",
+            86400,
+            60,
+            366 * 86400,
+        ),
+    }
 
 
 def sqlite_path_from_url(url: str) -> Path:
@@ -404,6 +445,10 @@ def _float(raw: str | None, name: str, default: float, low: float, high: float) 
     if not low <= value <= high:
         raise ConfigError(f"{name} must be a number from {low:g} to {high:g} (got {raw!r}).")
     return value
+
+
+def _path(raw: str | None) -> Path | None:
+    return None if raw is None else Path(raw)
 
 
 def _bool(raw: str | None, name: str, default: bool) -> bool:

@@ -536,3 +536,177 @@ async def test_racing_forced_saves_all_apply_one_after_another(storage: Storage)
     library = await storage.get_library(user)
     assert library is not None
     assert library.episode_reviews[url]["1"] == logged[-1].payload["review"]
+
+
+# -- watch parties: player statuses ----------------------------------------------------------
+
+
+def status_json(label: str) -> str:
+    return json.dumps({"label": label, "title": "Ép 1 🎬"}, ensure_ascii=False)
+
+
+def labels(rows: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    return [(user, json.loads(text)["label"]) for user, text in rows]
+
+
+async def test_player_statuses_keep_the_newest_per_user_and_room(storage: Storage) -> None:
+    alice = await storage.create_user("alice", "hash")
+    bob = await storage.create_user("bob", "hash")
+    for index in range(7):
+        await storage.add_player_status(alice, "AB", status_json(f"a{index}"), 1000 + index)
+        if index == 3:
+            await storage.add_player_status(bob, "AB", status_json("b0"), 1003)
+    await storage.add_player_status(alice, "XAB", status_json("x0"), 1001)
+    await storage.add_player_status(alice, "ab", status_json("lower"), 1001)
+
+    room = await storage.player_statuses("AB", None, 0)
+    assert labels(room) == [
+        (alice, "a2"),
+        (alice, "a3"),
+        (bob, "b0"),
+        (alice, "a4"),
+        (alice, "a5"),
+        (alice, "a6"),
+    ]
+    assert json.loads(room[0][1]) == {"label": "a2", "title": "Ép 1 🎬"}  # text kept as stored
+    assert labels(await storage.player_statuses("AB", bob, 0)) == [(bob, "b0")]
+    assert [x for _, x in labels(await storage.player_statuses("AB", alice, 0))] == [
+        "a2",
+        "a3",
+        "a4",
+        "a5",
+        "a6",
+    ]
+    # At or after the cut-off.
+    assert labels(await storage.player_statuses("AB", alice, 1005)) == [
+        (alice, "a5"),
+        (alice, "a6"),
+    ]
+    assert labels(await storage.player_statuses("AB", None, 1004)) == [
+        (alice, "a4"),
+        (alice, "a5"),
+        (alice, "a6"),
+    ]
+    assert await storage.player_statuses("AB", None, 1007) == []
+    # Exact room match: no substrings, no case folding, no LIKE wildcards.
+    assert labels(await storage.player_statuses("XAB", None, 0)) == [(alice, "x0")]
+    assert labels(await storage.player_statuses("ab", None, 0)) == [(alice, "lower")]
+    for other in ("A", "B", "XA", "A_", "A%", "%", "AB ", " AB", "Ab"):
+        assert await storage.player_statuses(other, None, 0) == []
+    assert await storage.player_statuses("AB", bob + alice + 1, 0) == []
+
+    # A smaller keep trims on the next add; keep=1 leaves just the newest.
+    await storage.add_player_status(alice, "AB", status_json("a7"), 1007, keep=2)
+    assert labels(await storage.player_statuses("AB", alice, 0)) == [(alice, "a6"), (alice, "a7")]
+    await storage.add_player_status(alice, "AB", status_json("a8"), 1008, keep=1)
+    assert labels(await storage.player_statuses("AB", alice, 0)) == [(alice, "a8")]
+    assert labels(await storage.player_statuses("AB", bob, 0)) == [(bob, "b0")]  # untouched
+    assert labels(await storage.player_statuses("XAB", alice, 0)) == [(alice, "x0")]
+
+
+async def test_player_status_bad_cases_store_nothing(storage: Storage) -> None:
+    alice = await storage.create_user("alice", "hash")
+    with pytest.raises(Unauthorized) as info:
+        await storage.add_player_status(alice + 1, "AB", status_json("ghost"), 1000)
+    assert info.value.message == "Invalid or expired token"
+    for keep in (0, -1):
+        with pytest.raises(ValueError, match="keep"):
+            await storage.add_player_status(alice, "AB", status_json("bad keep"), 1000, keep=keep)
+    assert await storage.player_statuses("AB", None, 0) == []
+    assert await storage.prune_player_statuses(2**62) == 0
+
+
+async def test_prune_player_statuses_by_age(storage: Storage) -> None:
+    alice = await storage.create_user("alice", "hash")
+    bob = await storage.create_user("bob", "hash")
+    await storage.add_player_status(alice, "AB", status_json("old"), 1000)
+    await storage.add_player_status(bob, "CD", status_json("old too"), 1500)
+    await storage.add_player_status(alice, "AB", status_json("cut-off"), 2000)
+    await storage.add_player_status(bob, "AB", status_json("new"), 3000)
+    assert await storage.prune_player_statuses(1000) == 0  # strictly older than the cut-off
+    assert await storage.prune_player_statuses(2000) == 2
+    assert labels(await storage.player_statuses("AB", None, 0)) == [
+        (alice, "cut-off"),
+        (bob, "new"),
+    ]
+    assert await storage.player_statuses("CD", None, 0) == []
+    assert await storage.prune_player_statuses(2000) == 0
+
+
+async def test_concurrent_adds_keep_exactly_the_newest_five(storage: Storage) -> None:
+    alice = await storage.create_user("alice", "hash")
+    bob = await storage.create_user("bob", "hash")
+    await warm_up(storage, alice)
+
+    async def add(user: int, room: str, index: int) -> None:
+        await storage.add_player_status(user, room, status_json(f"{room}{index}"), 1000 + index)
+
+    for _round in range(3):
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for index in range(30):
+                    nursery.start_soon(add, alice, "R1", index)
+                    nursery.start_soon(add, bob, "R1", index)
+                    if index % 2:
+                        nursery.start_soon(add, alice, "R2", index)
+        for user, room in ((alice, "R1"), (bob, "R1"), (alice, "R2")):
+            kept = labels(await storage.player_statuses(room, user, 0))
+            assert len(kept) == 5, (user, room, kept)
+            assert len(set(kept)) == 5
+        assert len(await storage.player_statuses("R1", None, 0)) == 10
+    # Sequential adds after the race still trim to the newest five, oldest first.
+    for index in range(5):
+        await add(alice, "R1", 100 + index)
+    assert [x for _, x in labels(await storage.player_statuses("R1", alice, 0))] == [
+        f"R1{100 + index}" for index in range(5)
+    ]
+
+
+# -- watch parties: room snapshots -----------------------------------------------------------
+
+
+async def test_room_snapshots_upsert_load_delete_prune(storage: Storage) -> None:
+    assert await storage.load_room_snapshot("7KQ3M8TD") is None
+    assert await storage.load_room_snapshots(0) == []
+    assert not await storage.delete_room_snapshot("7KQ3M8TD")
+    first = json.dumps({"v": 1, "code": "7KQ3M8TD", "history": ["héllo 🎬"]}, ensure_ascii=False)
+    await storage.save_room_snapshot("7KQ3M8TD", first, 1000)
+    await storage.save_room_snapshot("22222222", '{"v":1,"code":"22222222"}', 2000)
+    await storage.save_room_snapshot("ZZZZZZZZ", '{"v":1,"code":"ZZZZZZZZ"}', 3000)
+    assert await storage.load_room_snapshot("7KQ3M8TD") == first  # byte for byte
+    assert await storage.load_room_snapshot("7kq3m8td") is None  # exact code
+    assert [code for code, _ in await storage.load_room_snapshots(0)] == [
+        "22222222",
+        "7KQ3M8TD",
+        "ZZZZZZZZ",
+    ]
+    assert await storage.load_room_snapshots(2000) == [
+        ("22222222", '{"v":1,"code":"22222222"}'),
+        ("ZZZZZZZZ", '{"v":1,"code":"ZZZZZZZZ"}'),
+    ]
+    # An upsert replaces the snapshot and refreshes its time.
+    second = '{"v":1,"code":"7KQ3M8TD","revision":2}'
+    await storage.save_room_snapshot("7KQ3M8TD", second, 4000)
+    assert await storage.load_room_snapshot("7KQ3M8TD") == second
+    assert await storage.load_room_snapshots(3500) == [("7KQ3M8TD", second)]
+    # Pruning drops what was last saved strictly before the cut-off.
+    assert await storage.prune_room_snapshots(2000) == 0
+    assert await storage.prune_room_snapshots(3000) == 1
+    assert await storage.load_room_snapshot("22222222") is None
+    assert await storage.delete_room_snapshot("ZZZZZZZZ")
+    assert not await storage.delete_room_snapshot("ZZZZZZZZ")
+    assert await storage.load_room_snapshots(0) == [("7KQ3M8TD", second)]
+
+
+async def test_concurrent_snapshot_saves_leave_one_row(storage: Storage) -> None:
+    async def save(index: int) -> None:
+        await storage.save_room_snapshot("ROOM", f'{{"revision":{index}}}', 1000 + index)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for index in range(20):
+                nursery.start_soon(save, index)
+    rows = await storage.load_room_snapshots(0)
+    assert len(rows) == 1
+    assert rows[0][0] == "ROOM"
+    assert json.loads(rows[0][1])["revision"] in range(20)

@@ -16,6 +16,7 @@ import trio
 from dramaverse.actors.session import Attach, AttachResult, Detach, Device, UserSession
 from dramaverse.broker.base import Broker
 from dramaverse.config import Settings
+from dramaverse.errors import StorageUnavailable
 from dramaverse.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class SessionHub:
     async def _supervise(self, session: UserSession) -> None:
         try:
             await session.run()
+        except StorageUnavailable as exc:  # the database is down: its devices reconnect later
+            log.warning("session actor of user %d stopped: %s", session.user_id, exc)
         except Exception:
             log.exception("session actor of user %d crashed", session.user_id)
 
@@ -107,10 +110,15 @@ async def run_event_pruner(
     clock_ms: Callable[[], int],
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Apply the event-log retention every ``event_prune_seconds``, until cancelled."""
+    """Apply the event-log retention every ``event_prune_seconds``, until cancelled.
+
+    The same pass drops expired player statuses (``PLAYER_STATUS_TTL_SECONDS``) and room
+    snapshots untouched for ``ROOM_SNAPSHOT_RETENTION_SECONDS``.
+    """
     task_status.started()
     while True:
         await trio.sleep(settings.event_prune_seconds)
+        await _prune_watch_parties(storage, settings, clock_ms())  # never raises
         cutoff = clock_ms() - settings.event_retention_seconds * 1000
         try:
             removed = await storage.prune_events(settings.event_retention_count, cutoff)
@@ -119,3 +127,18 @@ async def run_event_pruner(
             continue
         if removed:
             log.info("pruned %d old events", removed)
+
+
+async def _prune_watch_parties(storage: Storage, settings: Settings, now_ms: int) -> None:
+    try:
+        statuses = await storage.prune_player_statuses(
+            now_ms - settings.player_status_ttl_seconds * 1000
+        )
+        rooms = await storage.prune_room_snapshots(
+            now_ms - settings.room_snapshot_retention_seconds * 1000
+        )
+    except Exception:
+        log.exception("player status or room snapshot pruning failed; retrying next period")
+        return
+    if statuses or rooms:
+        log.info("pruned %d expired player statuses and %d stale room snapshots", statuses, rooms)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -23,6 +23,14 @@ def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
+RoomHostLookup = Callable[[str, int], Awaitable[bool]]
+
+
+async def no_room_hosts(room_code: str, user_id: int) -> bool:
+    """The default host lookup: nobody hosts anything until the room registry says so."""
+    return False
+
+
 @dataclass
 class AppState:
     settings: Settings
@@ -37,6 +45,12 @@ class AppState:
     auth_limiter: RateLimiter | None
     user_limiter: RateLimiter | None
     clock_ms: Callable[[], int] = field(default=wall_clock_ms)
+    # Per-user limit of /api/player/status (PLAYER_STATUS_RATE), apart from user_limiter.
+    player_limiter: RateLimiter | None = None
+    # Whether a user hosts a room, for /api/player/status's ``isHost`` (never the client's
+    # word). The room registry installs its own: ``(room_code as posted, user id) -> bool``;
+    # it must answer False for codes it does not know and must not block for long.
+    room_host_lookup: RoomHostLookup = field(default=no_room_hosts)
 
     @classmethod
     def build(
@@ -64,6 +78,9 @@ class AppState:
             else None,
             user_limiter=RateLimiter(settings.rate_limit_user)
             if settings.rate_limit_user
+            else None,
+            player_limiter=RateLimiter(settings.player_status_rate)
+            if settings.player_status_rate
             else None,
         )
 

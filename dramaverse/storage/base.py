@@ -137,3 +137,44 @@ class Storage(Protocol):
     async def prune_events(self, keep_per_user: int, older_than_ms: int) -> int:
         """Drop events beyond the newest ``keep_per_user`` or created before the cut-off."""
         ...
+
+    # -- watch parties (docs/player-status.md) --------------------------------------------------
+
+    async def add_player_status(
+        self, user_id: int, room_code: str, status_json: str, now_ms: int, keep: int = 5
+    ) -> None:
+        """Store one player status, then drop that user and room's rows beyond the newest
+        ``keep``, in one transaction (concurrent adds for one user never leave more).
+
+        Raises Unauthorized when the user does not exist, ValueError when ``keep`` < 1.
+        """
+        ...
+
+    async def player_statuses(
+        self, room_code: str, user_id: int | None, since_ms: int
+    ) -> list[tuple[int, str]]:
+        """(user id, status JSON) stored at or after ``since_ms`` in exactly ``room_code``
+        (for one user, or everyone when ``user_id`` is None), oldest first."""
+        ...
+
+    async def prune_player_statuses(self, older_than_ms: int) -> int:
+        """Drop statuses stored before the cut-off; return how many."""
+        ...
+
+    async def save_room_snapshot(self, room_code: str, snapshot_json: str, now_ms: int) -> None:
+        """Insert or replace the room's snapshot (last write wins)."""
+        ...
+
+    async def load_room_snapshots(self, updated_since_ms: int) -> list[tuple[str, str]]:
+        """(room code, snapshot JSON) of every room saved at or after the cut-off, by code."""
+        ...
+
+    async def load_room_snapshot(self, room_code: str) -> str | None: ...
+
+    async def delete_room_snapshot(self, room_code: str) -> bool:
+        """Whether there was a snapshot to delete."""
+        ...
+
+    async def prune_room_snapshots(self, older_than_ms: int) -> int:
+        """Drop snapshots last saved before the cut-off; return how many."""
+        ...

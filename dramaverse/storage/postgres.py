@@ -535,6 +535,130 @@ class PostgresStorage:
 
         return await self._run(job)
 
+    # -- watch parties ----------------------------------------------------------------------
+
+    async def add_player_status(
+        self, user_id: int, room_code: str, status_json: str, now_ms: int, keep: int = 5
+    ) -> None:
+        """Lock the user's row first, so adds for one user run one after another (also across
+        processes) and the trim to ``keep`` sees every committed row. ``FOR NO KEY UPDATE``
+        does not conflict with the key-share locks of foreign-key checks: library writes and
+        statuses of other users never wait for it."""
+        _check_keep(keep)
+
+        async def job(conn: Connection) -> None:
+            found = await conn.fetchval(
+                "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE", user_id
+            )
+            if found is None:
+                raise Unauthorized("Invalid or expired token")
+            await conn.execute(
+                "INSERT INTO player_statuses (user_id, room_code, status, created_at) "
+                "VALUES ($1, $2, $3, $4)",
+                user_id,
+                room_code,
+                status_json,
+                now_ms,
+            )
+            await conn.execute(
+                "DELETE FROM player_statuses WHERE user_id = $1 AND room_code = $2 AND id <= "
+                "(SELECT id FROM player_statuses WHERE user_id = $1 AND room_code = $2 "
+                "ORDER BY id DESC LIMIT 1 OFFSET $3)",
+                user_id,
+                room_code,
+                keep,
+            )
+
+        await self._run(job)
+
+    async def player_statuses(
+        self, room_code: str, user_id: int | None, since_ms: int
+    ) -> list[tuple[int, str]]:
+        async def job(conn: Connection) -> list[tuple[int, str]]:
+            if user_id is None:
+                rows = await conn.fetch(
+                    "SELECT user_id, status FROM player_statuses "
+                    "WHERE room_code = $1 AND created_at >= $2 ORDER BY id",
+                    room_code,
+                    since_ms,
+                )
+            else:
+                rows = await conn.fetch(
+                    "SELECT user_id, status FROM player_statuses "
+                    "WHERE user_id = $1 AND room_code = $2 AND created_at >= $3 ORDER BY id",
+                    user_id,
+                    room_code,
+                    since_ms,
+                )
+            return [(int(user), status) for user, status in rows]
+
+        return await self._run(job, "none")
+
+    async def prune_player_statuses(self, older_than_ms: int) -> int:
+        async def job(conn: Connection) -> int:
+            status = await conn.execute(
+                "DELETE FROM player_statuses WHERE created_at < $1", older_than_ms
+            )
+            return _count(status)
+
+        return await self._run(job, "none")
+
+    async def save_room_snapshot(self, room_code: str, snapshot_json: str, now_ms: int) -> None:
+        async def job(conn: Connection) -> None:
+            await conn.execute(
+                "INSERT INTO room_snapshots (room_code, snapshot, updated_at) VALUES ($1, $2, $3) "
+                "ON CONFLICT (room_code) DO UPDATE SET "
+                "snapshot = excluded.snapshot, updated_at = excluded.updated_at",
+                room_code,
+                snapshot_json,
+                now_ms,
+            )
+
+        await self._run(job, "none")
+
+    async def load_room_snapshots(self, updated_since_ms: int) -> list[tuple[str, str]]:
+        async def job(conn: Connection) -> list[tuple[str, str]]:
+            rows = await conn.fetch(
+                "SELECT room_code, snapshot FROM room_snapshots WHERE updated_at >= $1 "
+                'ORDER BY room_code COLLATE "C"',
+                updated_since_ms,
+            )
+            return [(code, snapshot) for code, snapshot in rows]
+
+        return await self._run(job, "none")
+
+    async def load_room_snapshot(self, room_code: str) -> str | None:
+        async def job(conn: Connection) -> str | None:
+            value = await conn.fetchval(
+                "SELECT snapshot FROM room_snapshots WHERE room_code = $1", room_code
+            )
+            return None if value is None else str(value)
+
+        return await self._run(job, "none")
+
+    async def delete_room_snapshot(self, room_code: str) -> bool:
+        async def job(conn: Connection) -> bool:
+            status = await conn.execute(
+                "DELETE FROM room_snapshots WHERE room_code = $1", room_code
+            )
+            return _count(status) > 0
+
+        return await self._run(job, "none")
+
+    async def prune_room_snapshots(self, older_than_ms: int) -> int:
+        async def job(conn: Connection) -> int:
+            status = await conn.execute(
+                "DELETE FROM room_snapshots WHERE updated_at < $1", older_than_ms
+            )
+            return _count(status)
+
+        return await self._run(job, "none")
+
+
+def _check_keep(keep: int) -> None:
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be a whole number of at least 1 (got {keep!r})")
+
 
 _UPSERT_DRAMAS = (
     # An upsert that only touches rows whose content differs: unchanged rows are not rewritten

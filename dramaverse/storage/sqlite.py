@@ -513,6 +513,108 @@ class SqliteStorage:
 
         return await self._write(run)
 
+    # -- watch parties ----------------------------------------------------------------------
+
+    async def add_player_status(
+        self, user_id: int, room_code: str, status_json: str, now_ms: int, keep: int = 5
+    ) -> None:
+        _check_keep(keep)
+
+        def run(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
+                raise Unauthorized("Invalid or expired token")
+            conn.execute(
+                "INSERT INTO player_statuses (user_id, room_code, status, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                (user_id, room_code, status_json, now_ms),
+            )
+            # Writes are serialised (one writer), so no concurrent add can slip in between.
+            conn.execute(
+                "DELETE FROM player_statuses WHERE user_id = ? AND room_code = ? AND id <= "
+                "(SELECT id FROM player_statuses WHERE user_id = ? AND room_code = ? "
+                "ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (user_id, room_code, user_id, room_code, keep),
+            )
+
+        await self._write(run)
+
+    async def player_statuses(
+        self, room_code: str, user_id: int | None, since_ms: int
+    ) -> list[tuple[int, str]]:
+        def run(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+            if user_id is None:
+                rows = conn.execute(
+                    "SELECT user_id, status FROM player_statuses "
+                    "WHERE room_code = ? AND created_at >= ? ORDER BY id",
+                    (room_code, since_ms),
+                )
+            else:
+                rows = conn.execute(
+                    "SELECT user_id, status FROM player_statuses "
+                    "WHERE user_id = ? AND room_code = ? AND created_at >= ? ORDER BY id",
+                    (user_id, room_code, since_ms),
+                )
+            return [(int(user), status) for user, status in rows]
+
+        return await self._read(run)
+
+    async def prune_player_statuses(self, older_than_ms: int) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            cur = conn.execute("DELETE FROM player_statuses WHERE created_at < ?", (older_than_ms,))
+            return int(cur.rowcount)
+
+        return await self._write(run)
+
+    async def save_room_snapshot(self, room_code: str, snapshot_json: str, now_ms: int) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO room_snapshots (room_code, snapshot, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (room_code) DO UPDATE SET "
+                "snapshot = excluded.snapshot, updated_at = excluded.updated_at",
+                (room_code, snapshot_json, now_ms),
+            )
+
+        await self._write(run)
+
+    async def load_room_snapshots(self, updated_since_ms: int) -> list[tuple[str, str]]:
+        def run(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows = conn.execute(
+                "SELECT room_code, snapshot FROM room_snapshots WHERE updated_at >= ? "
+                "ORDER BY room_code",
+                (updated_since_ms,),
+            )
+            return [(code, snapshot) for code, snapshot in rows]
+
+        return await self._read(run)
+
+    async def load_room_snapshot(self, room_code: str) -> str | None:
+        def run(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT snapshot FROM room_snapshots WHERE room_code = ?", (room_code,)
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._read(run)
+
+    async def delete_room_snapshot(self, room_code: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("DELETE FROM room_snapshots WHERE room_code = ?", (room_code,))
+            return cur.rowcount > 0
+
+        return await self._write(run)
+
+    async def prune_room_snapshots(self, older_than_ms: int) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            cur = conn.execute("DELETE FROM room_snapshots WHERE updated_at < ?", (older_than_ms,))
+            return int(cur.rowcount)
+
+        return await self._write(run)
+
+
+def _check_keep(keep: int) -> None:
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be a whole number of at least 1 (got {keep!r})")
+
 
 def _migration_recorded(conn: sqlite3.Connection, version: int) -> bool:
     found = conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,))
