@@ -39,6 +39,15 @@ from typing import Any
 import trio
 
 from bench.loadgen import HTTPResponse, ProtocolError, http_get, run_load
+from bench.services import (
+    BackendError,
+    add_arguments,
+    check_arguments,
+    describe,
+    serve_arguments,
+    server_backends,
+    wait_all_workers,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -250,8 +259,10 @@ def bench_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     log(f"--- {size} records (temp dir {tmp})")
     log_path = tmp / "server.log"
     proc: subprocess.Popen[bytes] | None = None
+    backends = contextlib.ExitStack()
     try:
         env = base_env(tmp)
+        env.update(backends.enter_context(server_backends(args.database_url, args.redis_url)))
         catalog = tmp / "catalog.json"
 
         gen_env = dict(env)
@@ -270,7 +281,7 @@ def bench_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
         port = args.port or free_port()
         serve_env = dict(env, RATE_LIMIT_USER="off", RATE_LIMIT_AUTH="off")
         serve_cmd = [sys.executable, "-m", "dramaverse", "serve", "--host", HOST]
-        serve_cmd += ["--port", str(port)]
+        serve_cmd += ["--port", str(port), *serve_arguments(args.workers)]
         with log_path.open("ab") as out:
             proc = subprocess.Popen(
                 serve_cmd, env=serve_env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT
@@ -278,6 +289,8 @@ def bench_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
         log(f"server pid {proc.pid} on {HOST}:{port}; waiting for /api/health")
         server = proc
         startup_s = trio.run(_wait_healthy, server, port, log_path)
+        if args.workers > 1:
+            startup_s += trio.run(wait_all_workers, HOST, port, args.workers)
         rss_start = rss_mb(server.pid)
         log(f"healthy after {startup_s:.1f}s, RSS {rss_start} MB")
 
@@ -300,6 +313,7 @@ def bench_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
             stop_process(proc)
             if proc.returncode not in (0, -signal.SIGINT, None):
                 log(f"server exit code {proc.returncode}")
+        backends.close()  # drops the fresh PostgreSQL schema, if any
         if args.keep_tmp:
             log(f"kept {tmp}")
         else:
@@ -377,13 +391,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="server port (0: pick a free one)")
     parser.add_argument("--json-out", type=Path, help="also write the JSON document here")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary dirs")
+    add_arguments(parser)  # --workers, --database-url, --redis-url (bench/services.py)
     args = parser.parse_args(argv)
+    check_arguments(parser, args)
 
     doc: dict[str, Any] = {
         "benchmark": "catalog",
         "connections": args.connections,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
+        "backends": describe(args.workers, args.database_url, args.redis_url),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -403,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for size in args.sizes:
             doc["results"].append(bench_size(size, args))
-    except BenchError as exc:
+    except (BenchError, BackendError) as exc:
         log(f"FAILED: {exc}")
         doc["error"] = str(exc).splitlines()[0]
         status = 1

@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 import trio
 
+from bench import services
 from bench.catalog_bench import BenchError
 from bench.loadgen import ProtocolError
 from bench.sio_devices import socketio_transport
@@ -571,9 +572,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json-out", type=Path, help="also write the JSON document here")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir and log")
     parser.add_argument("--server-cmd", help=argparse.SUPPRESS)  # testing: another server
+    services.add_arguments(parser)  # --workers, --database-url, --redis-url
     args = parser.parse_args(argv)
     if min(args.users, args.devices, args.rounds, args.in_flight) < 1:
         parser.error("--users, --devices, --rounds and --in-flight must be >= 1")
+    services.check_arguments(parser, args)
 
     transports: list[str] = args.transport
     docs = {}
@@ -609,6 +612,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         "devices_per_user": args.devices,
         "rounds": args.rounds,
         "in_flight": args.in_flight,
+        "backends": services.describe(args.workers, args.database_url, args.redis_url),
         "source": source_revision(),
         "machine": {
             "cpus": os.cpu_count(),
@@ -617,7 +621,15 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
             "nofile_limit": nofile[0],
         },
     }
-    server = BenchServer("fanout", port=args.port, keep_tmp=args.keep_tmp, log=log)
+    server = BenchServer(
+        "fanout",
+        port=args.port,
+        keep_tmp=args.keep_tmp,
+        log=log,
+        workers=args.workers,
+        database_url=args.database_url,
+        redis_url=args.redis_url,
+    )
     server.server_cmd = args.server_cmd
     status = 1
     try:
@@ -633,7 +645,14 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
             return 1
 
         status = trio.run(bounded)
-    except (BenchError, WSError, OSError, ProtocolError, BaseExceptionGroup) as exc:
+    except (
+        BenchError,
+        WSError,
+        OSError,
+        ProtocolError,
+        services.BackendError,
+        BaseExceptionGroup,
+    ) as exc:
         err = single_error(exc)
         log(f"FAILED: {err}")
         doc["error"] = err.splitlines()[0]

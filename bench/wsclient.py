@@ -71,6 +71,7 @@ from bench.catalog_bench import (
     rss_mb,
 )
 from bench.loadgen import HTTPResponse, ProtocolError, _Conn
+from bench.services import serve_arguments, server_backends, wait_all_workers
 
 __all__ = [
     "HOST",
@@ -699,10 +700,14 @@ class BenchServer:
     keep_tmp: bool = False
     server_cmd: str | None = None
     log: Callable[[str], None] = print
+    workers: int = 1  # bench/services.py: > 1 needs both URLs below
+    database_url: str | None = None
+    redis_url: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     tmp: Path | None = None
     startup_s: float | None = None
     stop_info: dict[str, Any] = field(default_factory=dict)
+    _backends: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     @property
     def pid(self) -> int:
@@ -719,6 +724,7 @@ class BenchServer:
         env = base_env(self.tmp)
         env.update(RATE_LIMIT_USER="off", RATE_LIMIT_AUTH="off", BCRYPT_ROUNDS="4")
         env.update(self.env_extra)
+        env.update(self._backends.enter_context(server_backends(self.database_url, self.redis_url)))
         seed_cmd = [sys.executable, "-m", "dramaverse", "seed", "--sample"]
         _run_logged(seed_cmd, env=env, cwd=self.tmp, log_path=self.tmp / "seed.log")
         self.port = self.port or free_port()
@@ -729,13 +735,15 @@ class BenchServer:
             ]
         else:
             cmd = [sys.executable, "-m", "dramaverse", "serve", "--host", HOST]
-            cmd += ["--port", str(self.port)]
+            cmd += ["--port", str(self.port), *serve_arguments(self.workers)]
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 cmd, env=env, cwd=self.tmp, stdout=out, stderr=subprocess.STDOUT
             )
         self.log(f"server pid {self.proc.pid} on {HOST}:{self.port} (temp dir {self.tmp})")
         self.startup_s = trio.run(_wait_healthy, self.proc, self.port, self.log_path)
+        if self.workers > 1:
+            self.startup_s += trio.run(wait_all_workers, HOST, self.port, self.workers)
         self.log(f"healthy after {self.startup_s:.1f}s, RSS {self.rss_mb()} MB")
         return self
 
@@ -775,6 +783,7 @@ class BenchServer:
             self.stop_info.update(exit_code=code, stop_s=round(time.perf_counter() - t0, 2))
             if code not in (0, -signal.SIGINT, None):
                 self.log(f"server exit code {code}")
+        self._backends.close()  # drops the fresh PostgreSQL schema, if any
         if self.tmp is not None:
             if self.keep_tmp:
                 self.log(f"kept {self.tmp}")

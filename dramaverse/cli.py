@@ -39,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to listen on (default: HOST or 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port to listen on (default: PORT or 3001)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes sharing the port (default: WORKERS or 1); more than one needs "
+        "PostgreSQL and Redis (docs/scaling.md)",
+    )
+    serve.add_argument("--worker-id", type=int, help=argparse.SUPPRESS)  # set by the supervisor
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # set by the supervisor
 
     commands.add_parser(
         "migrate", help="apply pending database migrations", description="Apply pending migrations."
@@ -70,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         _configure_logging(settings.log_level)
         if args.command == "serve":
-            return _serve(settings, args.host, args.port)
+            return _serve(settings, args)
         if args.command == "migrate":
             return trio.run(_migrate, settings)
         if args.command == "seed":
@@ -94,18 +102,33 @@ def _configure_logging(level: str) -> None:
     )
 
 
-def _serve(settings: Settings, host: str | None, port: int | None) -> int:
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from dramaverse import runtime
+    from dramaverse import runtime, supervisor
 
+    host: str | None = args.host
+    port: int | None = args.port
     if host is not None:
         settings = replace(settings, host=host)
     if port is not None:
         if not 0 <= port <= 65535:
             raise ConfigError(f"--port must be from 0 to 65535 (got {port}).")
         settings = replace(settings, port=port)
-    trio.run(lambda: runtime.serve(settings, handle_signals=True, tune_collector=True))
+    if args.workers is not None:
+        settings = replace(settings, workers=supervisor.check_worker_count(args.workers))
+    if args.worker_id is not None or args.listen_fd is not None:
+        worker = replace(settings, worker_id=args.worker_id, worker_listen_fd=args.listen_fd)
+        return supervisor.run_worker(worker)
+    if settings.workers > 1:
+        return supervisor.serve_workers(settings)
+    try:
+        trio.run(lambda: runtime.serve(settings, handle_signals=True, tune_collector=True))
+    except BaseExceptionGroup as group:  # a start-up error raised through the nurseries
+        error = supervisor.lone_error(group)
+        if error is group:
+            raise
+        raise error from None
     return 0
 
 

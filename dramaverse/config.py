@@ -95,7 +95,7 @@ class Settings:
     watch_chat_rate: RateLimit = RateLimit(10, 10)
     watch_history_size: int = 50
     watch_max_members: int = 50
-    watch_report_seconds: float = 1.0
+    watch_report_seconds: float = 2.0
     # /api/player/status and room snapshots (docs/player-status.md)
     player_status_ttl_seconds: int = 60
     player_status_keep: int = 5
@@ -336,7 +336,7 @@ def _watch_party(get: Callable[[str], str | None]) -> dict[str, Any]:
         "watch_history_size": _int(get("WATCH_HISTORY_SIZE"), "WATCH_HISTORY_SIZE", 50, 0, 1000),
         "watch_max_members": _int(get("WATCH_MAX_MEMBERS"), "WATCH_MAX_MEMBERS", 50, 1, 1000),
         "watch_report_seconds": _float(
-            get("WATCH_REPORT_SECONDS"), "WATCH_REPORT_SECONDS", 1.0, 0.1, 60
+            get("WATCH_REPORT_SECONDS"), "WATCH_REPORT_SECONDS", 2.0, 0.1, 60
         ),
     }
     if values["watch_lead_max_seconds"] < values["watch_lead_min_seconds"]:

@@ -31,6 +31,7 @@ from dramaverse.http.fastpath import LibraryWriteFastPath
 from dramaverse.http.socketio import engine_server
 from dramaverse.http.state import AppState
 from dramaverse.storage import open_storage
+from dramaverse.supervisor import worker_app, worker_binds
 
 log = logging.getLogger(__name__)
 GC_THRESHOLD_GEN0 = 20_000  # Python's default is 700
@@ -53,7 +54,7 @@ def hypercorn_config(settings: Settings) -> Config:
     send_coalescing.install()
     config = Config()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    config.bind = [f"{host}:{settings.port}"]
+    config.bind = worker_binds(settings) or [f"{host}:{settings.port}"]  # docs/scaling.md
     config.graceful_timeout = settings.shutdown_grace_seconds
     config.include_server_header = False
     config.websocket_max_message_size = settings.ws_max_message_bytes
@@ -91,7 +92,7 @@ async def serve(
             binds = await http_nursery.start(
                 partial(
                     hypercorn_serve,
-                    LibraryWriteFastPath(app, state),
+                    worker_app(settings, LibraryWriteFastPath(app, state)),
                     hypercorn_config(settings),
                     shutdown_trigger=shutdown.wait,
                 )

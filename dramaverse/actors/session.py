@@ -9,7 +9,8 @@ order, and an inbox that overflowed drops messages. Whenever an event arrives mo
 ``head``, when the inbox overflowed, when the broker reports a gap (``on_gap``: it reconnected to
 Redis), and periodically while idle, the actor reads the missing range from the durable log. A
 device that resumes gets its missed events from the log too, or a ``resync`` frame when the log
-no longer has them.
+no longer has them. While the database is unavailable a repair fails without stopping the
+actor: its devices stay attached and the repair is retried (next message or periodic check).
 
 Resource handling: the hub owns the nursery the actor runs in and the inbox's send side; the
 actor owns the receive side and the broker subscription, and exits (closing its inbox) after its
@@ -27,6 +28,7 @@ import trio
 
 from dramaverse.broker.base import Broker
 from dramaverse.domain.events import UserEvent
+from dramaverse.errors import StorageUnavailable
 from dramaverse.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,7 @@ class UserSession:
         self._replay_limit = replay_limit
         self._on_exit = on_exit
         self._lossy = False
+        self._repair_failing = False
 
     def _on_published(self, raw: bytes) -> None:
         """Broker callback: never blocks; an overflow is remembered and repaired from the log."""
@@ -195,12 +198,12 @@ class UserSession:
                     except trio.WouldBlock:
                         return  # idle past the grace period with no device: stop
                 else:
-                    await self._catch_up()  # periodic check: nothing may be stuck upstream
+                    await self._repair()  # periodic check: nothing may be stuck upstream
                     continue
             await self._handle(message)
             if self._lossy:
                 self._lossy = False
-                await self._catch_up()
+                await self._repair()
 
     async def _handle(self, message: Message) -> None:
         match message:
@@ -209,14 +212,14 @@ class UserSession:
                 if event.seq == self.head + 1:
                     self._deliver(event)
                 elif event.seq > self.head + 1:
-                    await self._catch_up()
+                    await self._repair()
             case Attach():
                 await self._attach(message)
             case Detach(device):
                 device.gone = True
                 self.devices = [d for d in self.devices if d is not device]
             case Gap():
-                await self._catch_up()
+                await self._repair()
 
     def _deliver(self, event: UserEvent) -> None:
         frames: dict[Callable[[UserEvent], str], str] = {}
@@ -231,6 +234,24 @@ class UserSession:
         self.head = event.seq
         if any(device.gone for device in self.devices):
             self.devices = [d for d in self.devices if not d.gone]
+
+    async def _repair(self) -> None:
+        """Catch up from the log; while the database is unavailable, retry later.
+
+        The devices stay attached: the next message, or the periodic check, tries again, so
+        they get what they missed once the database answers (docs/scaling.md, faults).
+        """
+        try:
+            await self._catch_up()
+        except StorageUnavailable as exc:
+            if not self._repair_failing:
+                log.warning("user %d: event log unreadable, retrying: %s", self.user_id, exc)
+            self._repair_failing = True
+            self._lossy = True
+            return
+        if self._repair_failing:
+            self._repair_failing = False
+            log.info("user %d: event log readable again; devices caught up", self.user_id)
 
     async def _catch_up(self) -> None:
         """Deliver everything the log has beyond ``head``, in order."""
@@ -252,18 +273,23 @@ class UserSession:
     async def _attach(self, request: Attach) -> None:
         try:
             await self._attach_device(request)
+        except StorageUnavailable as exc:  # the device is refused; the others are not affected
+            log.warning("user %d: cannot attach a device: %s", self.user_id, exc)
         finally:
             request.done.set()  # also on failure: the caller sees no result and gives up
 
     async def _attach_device(self, request: Attach) -> None:
         device = request.device
         resynced = False
-        device.push(request.ready(self.head))
-        device.cursor = self.head
+        found = None
         if request.resume is not None and request.resume != self.head:
+            # Read before anything is sent: a failed read leaves the device with no frame.
             found = await self._storage.read_events(
                 self.user_id, request.resume, self._replay_limit
             )
+        device.push(request.ready(self.head))
+        device.cursor = self.head
+        if found is not None and request.resume is not None:
             fits = found.head - request.resume <= len(found.events)
             if found.complete and fits:
                 for event in found.events:

@@ -25,7 +25,7 @@ from quart import Blueprint, Response, websocket
 from dramaverse.actors.hub import SessionGone
 from dramaverse.actors.session import Device
 from dramaverse.domain.jsjson import unstorable_text
-from dramaverse.errors import Conflict, DramaverseError, Unauthorized
+from dramaverse.errors import Conflict, DramaverseError, ServiceUnavailable, Unauthorized
 from dramaverse.http.auth import AuthUser
 from dramaverse.http.library_ops import OPERATIONS
 from dramaverse.http.responses import error_response
@@ -207,7 +207,12 @@ class NativeConnection:
         except Unauthorized as exc:
             self.close(CLOSE_AUTH_FAILED, exc.message)
             return None
-        if not await self._state.storage.user_exists(user.id):
+        try:
+            exists = await self._state.storage.user_exists(user.id)
+        except ServiceUnavailable:  # the database is down: come back later, with resume
+            self.close(CLOSE_INTERNAL_ERROR, "database unavailable; reconnect with backoff")
+            return None
+        if not exists:
             self.close(CLOSE_AUTH_FAILED, "Invalid or expired token")
             return None
         return user

@@ -1,0 +1,494 @@
+"""``dramaverse serve --workers N``: one supervisor process and N worker processes on one port.
+
+The supervisor (the process ``serve`` started in) does what must happen once, then keeps the
+workers running:
+
+1. it refuses to start without backends the workers can share: PostgreSQL (a SQLite file belongs
+   to one process) and Redis (live events cross between workers through it);
+2. it resolves the JWT secret (a development secret is created here once, not raced by N
+   workers) and applies the database migrations once;
+3. it binds the listening socket itself and holds it for its whole life;
+4. it starts N workers, ``python -m dramaverse serve --worker-id I --listen-fd FD``, each
+   inheriting that socket; each worker is today's server (its own ``trio.run``, trio-asyncio
+   loop, storage pool, Redis connections and session hub) serving the inherited socket through
+   Hypercorn's ``fd://`` bind, plus a private Unix socket, ``<WORKER_SOCKET_DIR>/<I>.sock``;
+5. it restarts a worker that exits unexpectedly, with exponential backoff, and gives up (stops
+   everything, exit status 1) when a worker keeps crashing soon after it starts;
+6. on SIGINT/SIGTERM it closes its copy of the socket, sends SIGTERM to every worker (each
+   closes its WebSockets with 1001 and drains for ``SHUTDOWN_GRACE_SECONDS``), waits the grace
+   plus a margin, then kills what is left. A second signal kills at once.
+
+Why one shared socket rather than one SO_REUSEPORT socket per worker: the kernel hashes each
+new connection to one SO_REUSEPORT socket, busy or not, and resets the connections queued on a
+socket whose worker dies; with one socket held by the supervisor, whichever worker is free
+accepts, and connections arriving while a worker restarts wait in the queue instead of failing.
+It also keeps ``--port 0`` meaningful (the supervisor knows the port it got).
+
+Workers are started in their own session, so a terminal's Ctrl-C reaches only the supervisor,
+which forwards it; and their standard input is a pipe from the supervisor, so a worker whose
+supervisor died (even by SIGKILL) sees end-of-file and shuts down by itself.
+
+A worker that cannot start because a backend is unreachable (PostgreSQL down) exits with
+:data:`EXIT_TEMPFAIL`; the supervisor keeps retrying it with backoff without counting it as a
+crash, so the service comes back by itself when the database does.
+
+Resource handling: :class:`Supervisor` owns the worker processes (their stdin pipes, reaping
+them) and closes the listening socket when it stops; :func:`serve_workers` creates and closes
+the listening socket and removes the workers' Unix sockets afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
+
+import trio
+
+from dramaverse.config import MAX_WORKERS, Settings
+from dramaverse.errors import ConfigError, DramaverseError, ServiceUnavailable
+from dramaverse.storage import open_storage
+
+if TYPE_CHECKING:
+    from hypercorn.typing import (
+        ASGIFramework,
+        ASGIReceiveCallable,
+        ASGISendCallable,
+        ASGISendEvent,
+        Scope,
+    )
+
+    from dramaverse.runtime import ServerHandle
+
+log = logging.getLogger(__name__)
+
+EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: a backend was unreachable; try again later
+SPAWN_FAILED = 127  # the status we record when a worker could not even be started
+WORKER_HEADER = b"x-dramaverse-worker"
+LISTEN_BACKLOG = 100  # Hypercorn's default; every worker re-applies its own
+STOP_MARGIN = 3.0  # beyond the shutdown grace, before the supervisor kills a worker
+KILL_WAIT = 5.0
+MAX_UNIX_PATH = 107  # bytes of sun_path on Linux, without the terminating NUL
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """When to restart a worker that exited, and when to give up.
+
+    The delay before a restart starts at ``first_delay`` and doubles up to ``max_delay``; a
+    worker that ran ``stable_after`` seconds starts afresh. ``max_crashes`` crashes in a row,
+    each within ``stable_after`` seconds of starting, make the supervisor give up. A worker that
+    exits with status 0 (someone sent it SIGTERM: a rolling restart) or with
+    :data:`EXIT_TEMPFAIL` (a backend is down) is restarted but never counted as a crash.
+    """
+
+    first_delay: float = 0.5
+    max_delay: float = 30.0
+    stable_after: float = 60.0
+    max_crashes: int = 5
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.max_delay, self.first_delay * 2 ** max(0, attempt - 1)))
+
+
+# -- checks -----------------------------------------------------------------------------------
+
+
+def check_worker_count(count: int) -> int:
+    if not 1 <= count <= MAX_WORKERS:
+        raise ConfigError(f"--workers must be from 1 to {MAX_WORKERS} (got {count}).")
+    return count
+
+
+def require_shared_backends(settings: Settings) -> None:
+    """Several workers need one database and one broker they all share."""
+    count = settings.workers
+    if urlsplit(settings.database_url).scheme not in ("postgres", "postgresql"):
+        raise ConfigError(
+            f"{count} workers need PostgreSQL (DATABASE_URL=postgresql://...): workers share "
+            "one database, and a SQLite file belongs to one process."
+        )
+    if not settings.redis_url:
+        raise ConfigError(
+            f"{count} workers need Redis (REDIS_URL=redis://...) to carry live events from "
+            "one worker to the devices connected to another."
+        )
+
+
+def socket_paths(settings: Settings) -> list[Path]:
+    """Every worker's private Unix socket; raises ConfigError when a path is too long."""
+    paths = [replace(settings, worker_id=i).worker_socket_path for i in range(settings.workers)]
+    longest = max(paths, key=lambda path: len(os.fsencode(path)))
+    if len(os.fsencode(longest)) > MAX_UNIX_PATH:
+        raise ConfigError(
+            f"The worker socket path {longest} is longer than the {MAX_UNIX_PATH} bytes a Unix "
+            "socket allows: set WORKER_SOCKET_DIR to a shorter directory, like /run/dramaverse."
+        )
+    return paths
+
+
+def lone_error(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member exception groups, or ``exc`` itself.
+
+    Nurseries (Trio's, trio-asyncio's) wrap an error raised through them in a group per
+    nursery; a start-up error should still reach the command line as the error it is.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+# -- the supervisor side ----------------------------------------------------------------------
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The listening TCP socket every worker inherits (SO_REUSEADDR, inheritable)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise DramaverseError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.") from None
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        listener.close()
+        raise DramaverseError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.") from None
+    listener.set_inheritable(True)
+    return listener
+
+
+def serve_workers(settings: Settings) -> int:
+    """``serve --workers N`` with N > 1: check, migrate, bind, supervise; the exit status."""
+    require_shared_backends(settings)
+    paths = socket_paths(settings)
+    settings = settings.with_secret()
+    trio.run(_migrate_once, settings)
+    directory = paths[0].parent
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    listener = bind_listener(settings.host, settings.port)
+    try:
+        host, port = listener.getsockname()[:2]
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        log.info(
+            "Dramaverse listening on http://%s with %d workers (worker sockets in %s)",
+            where,
+            settings.workers,
+            directory,
+        )
+        supervisor = Supervisor(settings, listener, env=os.environ)
+        return trio.run(supervisor.run)
+    finally:
+        listener.close()
+        for path in paths:
+            try:
+                if stat.S_ISSOCK(path.lstat().st_mode):
+                    path.unlink()
+            except FileNotFoundError:
+                pass
+
+
+async def _migrate_once(settings: Settings) -> None:
+    async with open_storage(settings) as storage:  # migrates; workers find everything applied
+        applied = await storage.applied_migrations()
+    log.info("database schema at %s", applied[-1] if applied else "(no migrations)")
+
+
+class Supervisor:
+    """Runs ``settings.workers`` worker processes on ``listener`` until stopped or given up.
+
+    ``env`` is the workers' environment: they read their settings from it (and from ``.env``
+    in the working directory), exactly as this process did. ``command`` is the worker command
+    line before ``--worker-id``; by default this Python running ``-m dramaverse serve``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        listener: socket.socket,
+        *,
+        env: Mapping[str, str],
+        policy: RestartPolicy | None = None,
+        command: Sequence[str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.policy = policy or RestartPolicy()
+        self.processes: dict[int, trio.Process] = {}
+        self.restarts = [0] * settings.workers
+        self.gave_up = False
+        self._listener = listener
+        self._env = dict(env)
+        self._command = list(command or [sys.executable, "-m", "dramaverse", "serve"])
+        self._stopping = trio.Event()
+        self._running = settings.workers  # worker tasks not yet finished
+
+    def stop(self) -> None:
+        """Ask every worker to shut down gracefully; :meth:`run` returns when they have."""
+        self._stopping.set()
+
+    async def run(
+        self,
+        *,
+        handle_signals: bool = True,
+        task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
+    ) -> int:
+        """Supervise until stopped (0) or until a worker crash-loops (1)."""
+        all_done = trio.Event()
+        async with trio.open_nursery() as nursery:
+            if handle_signals:
+                nursery.start_soon(self._forward_signals)
+            for worker_id in range(self.settings.workers):
+                nursery.start_soon(self._keep_running, worker_id, all_done)
+            task_status.started(self)
+            await self._stopping.wait()
+            self._listener.close()  # new connections are refused rather than queued for no one
+            self._signal_all(signal.SIGTERM)
+            with trio.move_on_after(self.settings.shutdown_grace_seconds + STOP_MARGIN):
+                await all_done.wait()
+            if not all_done.is_set():
+                log.warning("workers still running after the shutdown grace: killing them")
+                self._signal_all(signal.SIGKILL)
+                with trio.move_on_after(KILL_WAIT):
+                    await all_done.wait()
+            nursery.cancel_scope.cancel()
+        log.info("all workers stopped")
+        return 1 if self.gave_up else 0
+
+    def _signal_all(self, signum: signal.Signals) -> None:
+        for process in self.processes.values():
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):  # exited, not reaped yet
+                    process.send_signal(signum)
+
+    async def _forward_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not self._stopping.is_set():
+                    log.info("received %s: stopping %d workers", name, len(self.processes))
+                    self.stop()
+                else:
+                    log.warning("received %s again: killing the workers now", name)
+                    self._signal_all(signal.SIGKILL)
+
+    async def _keep_running(self, worker_id: int, all_done: trio.Event) -> None:
+        try:
+            await self._restart_loop(worker_id)
+        finally:
+            self._running -= 1
+            if self._running == 0:
+                all_done.set()
+
+    async def _restart_loop(self, worker_id: int) -> None:
+        attempt = 0  # exits in a row without a stable run: sets the backoff
+        crashes = 0  # of those, the ones that count towards giving up
+        while not self._stopping.is_set():
+            started = trio.current_time()
+            process = await self._start(worker_id)
+            if process is None:
+                code = SPAWN_FAILED
+            else:
+                try:
+                    code = await process.wait()
+                finally:
+                    await _release(process)
+            if self._stopping.is_set():
+                if code not in (0, -signal.SIGTERM):
+                    log.warning("worker %d stopped with %s", worker_id, _describe_exit(code))
+                return
+            uptime = trio.current_time() - started
+            if uptime >= self.policy.stable_after:
+                attempt = crashes = 0
+            attempt += 1
+            if code not in (0, EXIT_TEMPFAIL):
+                crashes += 1
+            if crashes >= self.policy.max_crashes:
+                log.error(
+                    "worker %d crashed %d times in a row, each within %g s of starting (last: "
+                    "%s); giving up and stopping every worker",
+                    worker_id,
+                    crashes,
+                    self.policy.stable_after,
+                    _describe_exit(code),
+                )
+                self.gave_up = True
+                self.stop()
+                return
+            delay = self.policy.delay(attempt)
+            reason = (
+                "could not reach a backend"
+                if code == EXIT_TEMPFAIL
+                else f"exited ({_describe_exit(code)})"
+            )
+            log.warning(
+                "worker %d %s after %.1f s; restarting it in %.1f s",
+                worker_id,
+                reason,
+                uptime,
+                delay,
+            )
+            with trio.move_on_after(delay):
+                await self._stopping.wait()
+            self.restarts[worker_id] += 1
+
+    async def _start(self, worker_id: int) -> trio.Process | None:
+        """Start worker ``worker_id``; None if the operating system refused (counts as a crash)."""
+        fd = self._listener.fileno()
+        command = [*self._command, "--worker-id", str(worker_id), "--listen-fd", str(fd)]
+        try:
+            process = await trio.lowlevel.open_process(
+                command,
+                env=self._env,
+                stdin=subprocess.PIPE,  # never written: end-of-file tells the worker we are gone
+                pass_fds=(fd,),
+                start_new_session=True,  # the terminal's Ctrl-C is ours to forward
+            )
+        except OSError as exc:
+            log.error("cannot start worker %d: %s", worker_id, exc)
+            return None
+        self.processes[worker_id] = process
+        log.info("worker %d started (pid %d)", worker_id, process.pid)
+        if self._stopping.is_set():  # stop came while it was being started: it missed SIGTERM
+            process.send_signal(signal.SIGTERM)
+        return process
+
+
+async def _release(process: trio.Process) -> None:
+    """Close our end of its stdin; if we were cancelled first, kill it: none outlives us."""
+    with trio.CancelScope(shield=True):
+        if process.returncode is None:
+            process.kill()
+            with trio.move_on_after(KILL_WAIT):
+                await process.wait()
+        if process.stdin is not None:
+            await process.stdin.aclose()
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+# -- the worker side --------------------------------------------------------------------------
+
+
+def worker_binds(settings: Settings) -> list[str] | None:
+    """Hypercorn binds of a worker: the inherited socket and its private Unix socket."""
+    if settings.worker_id is None:
+        return None
+    return [f"fd://{settings.worker_listen_fd}", f"unix:{settings.worker_socket_path}"]
+
+
+def worker_app(settings: Settings, app: ASGIFramework) -> ASGIFramework:
+    """In a worker, ``app`` behind :class:`WorkerHeader`; otherwise ``app`` itself."""
+    if settings.worker_id is None:
+        return app
+    return WorkerHeader(app, settings.worker_id)
+
+
+class WorkerHeader:
+    """ASGI middleware: every response and WebSocket handshake names the worker that served it.
+
+    ``X-Dramaverse-Worker: <id>`` lets an operator (and the tests) see which process answered
+    through the shared port, without any per-request work beyond appending one header.
+    """
+
+    def __init__(self, app: ASGIFramework, worker_id: int) -> None:
+        self._app = app
+        self._header = (WORKER_HEADER, str(worker_id).encode())
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] == "lifespan":
+            await self._app(scope, receive, send)
+            return
+        header = self._header
+
+        async def send_with_header(message: ASGISendEvent) -> None:
+            if message["type"] in (
+                "http.response.start",
+                "websocket.accept",
+                "websocket.http.response.start",
+            ):
+                # The app's own headers stay as they are (Quart may reuse the list).
+                event = cast(dict[str, Any], message)
+                headers = [*event.get("headers", ()), header]
+                message = cast("ASGISendEvent", {**event, "headers": headers})
+            await send(message)
+
+        await self._app(scope, receive, send_with_header)
+
+
+def run_worker(settings: Settings) -> int:
+    """One worker process (``serve --worker-id I --listen-fd FD``): serve until told to stop."""
+    worker_id = settings.worker_id
+    if worker_id is None or settings.worker_listen_fd is None:
+        raise ConfigError("--worker-id and --listen-fd are set by the supervisor, together.")
+    logging.basicConfig(
+        level=settings.log_level,
+        format=f"%(asctime)s %(levelname)s [worker {worker_id}] %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    try:
+        trio.run(_serve_worker, settings)
+    except BaseException as exc:
+        error = lone_error(exc)
+        if isinstance(error, ServiceUnavailable):
+            log.error("cannot start: %s", error.message)
+            return EXIT_TEMPFAIL
+        if error is exc:
+            raise
+        raise error from None
+    return 0
+
+
+async def _serve_worker(settings: Settings) -> None:
+    from dramaverse import runtime
+
+    async with trio.open_nursery() as nursery:
+
+        async def serve(task_status: trio.TaskStatus[runtime.ServerHandle]) -> None:
+            try:
+                await runtime.serve(
+                    settings, handle_signals=True, tune_collector=True, task_status=task_status
+                )
+            finally:
+                nursery.cancel_scope.cancel()  # the supervisor watch has nothing left to stop
+
+        handle = await nursery.start(serve)
+        nursery.start_soon(partial(_stop_when_orphaned, handle))
+
+
+async def _stop_when_orphaned(handle: ServerHandle) -> None:
+    """Shut down when the supervisor's end of our stdin pipe closes (it exited or died)."""
+    try:
+        watched = stat.S_ISFIFO(os.fstat(0).st_mode)
+    except OSError:  # no standard input at all
+        watched = False
+    if not watched:
+        return  # started by hand, not by a supervisor: nothing to watch
+    async with trio.lowlevel.FdStream(os.dup(0)) as pipe:
+        while await pipe.receive_some(1024):
+            pass
+    log.warning("the supervisor is gone: shutting down")
+    handle.stop()
