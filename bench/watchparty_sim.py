@@ -1,0 +1,741 @@
+"""Watch-party simulator: N rooms x M simulated members against the real room actors.
+
+    python -m bench.watchparty_sim [--rooms 50] [--members 4] [--clock mock|real] [--seed 1]
+    python -m bench.watchparty_sim --rooms 2000 --clock real      # the issue's target scale
+
+Everything runs in one process: a real :class:`~dramaverse.actors.room.RoomRegistry` with its
+room actors (default ``Settings()``), and one simulated client per member. Messages travel by
+in-process message passing with injected network behaviour: every member has its own one-way
+delay (uniform 20-300 ms, ``--delay-min/--delay-max``, the same base both ways), a per-message
+jitter (uniform 0-50 ms, ``--jitter``), in-order delivery per direction (a WebSocket is one TCP
+stream), and its own clock offset (uniform +-5 s, ``--clock-offset``). Up-frames are JSON-encoded
+by the client and decoded before they reach the actor's inbox (``Command``), and the actor renders
+its frames to JSON, so the protocol's serialisation cost is in the CPU figures. The client object
+itself is its peer's outbox (``send_nowait`` puts the frame on the simulated wire): there is no
+writer task per member, whose cost belongs to the socket layer. One scheduler task runs every
+in-flight message and client timer from a heap, on a 1 ms grid (``--tick``).
+
+A simulated client models a player and a well-behaved app: it answers ``clock.ping`` at once
+and uses the offset of ``clock.sync`` (before that, the welcome's ``serverTime``); on ``waiting``
+with ``startAt`` it seeks (paused) to the position and starts when its own clock says the start
+time has come; on ``playing`` it joins in by seeking to the extrapolated position; it reports its
+position every ``reportInterval`` and once 0.5 s after every (re)start, and obeys ``room.drift``
+(rate nudges and seeks). The player is imperfect on purpose: its media clock runs off by up to
++-0.05 % (``--rate-error``), a seek takes 50-250 ms of which the client predicts 150 ms, and
+loading new content takes 0.2-1.5 s.
+
+Script per room (rooms start at random within the first ``--ramp`` seconds, default 10): members
+join 0.1 s apart; at 5 s the host sets a movie and presses play (the room waits for everyone to
+load, then starts at now + lead); at 17 s the host seeks; at 29 s one member stalls for 1.5 s (the
+buffering barrier); in a quarter of the rooms one member stalls for 12 s at 39 s (past the 8 s
+barrier deadline: it is left out and catches up alone); the run lasts ``ramp + 55`` seconds.
+
+Time: ``--clock mock`` (default) runs on trio's ``MockClock`` with autojump, so simulated time
+jumps whenever every task waits: results show the protocol's behaviour, independent of CPU speed.
+``--clock real`` runs on the real clock: every figure then also includes CPU contention (all
+clients share the process, and the core, with the rooms), and ``scheduler_lateness_ms`` says how
+late the simulator ran its events (if it grows, the process is saturated).
+
+GC: most garbage here dies young (JSON dicts, messages) while rooms and clients live long; with
+Python's default generation-0 threshold (700) the collector rescans the long-lived objects
+hundreds of times a second (7 s of 37 s CPU at 2,000 rooms, pauses up to 280 ms). The simulator
+raises the threshold to 50,000 (``--gc-threshold``, 0 keeps Python's) and ``gc.freeze()``-s
+once every room exists (``--no-gc-freeze``); a server process holding many rooms wants the same.
+
+Measured (one JSON document on stdout, also ``--json-out``):
+
+- ``error_ms``: |member position - the room's true position| (the true position is the room
+  actor's own anchor at the true time), sampled every ``--sample-interval`` for every member
+  that is playing, not stalled, and past a 2 s settle window after its own last start, seek or
+  catch-up, while the room is playing and at least 2 s past its last (re)start: p50/p90/p99/max;
+- ``seek_convergence_s``: from the host sending a seek until every member is within 100 ms of
+  the true position (checked every 50 ms);
+- ``start_convergence_s``: the same from the host pressing play on new content (includes the
+  members' 0.2-1.5 s of loading);
+- rooms held, barriers entered, members left out, corrections, frames each way, error frames,
+  CPU time, RSS (current and peak).
+
+Exit status: 0 when the targets hold (p99 error < 100 ms, every seek converged within 2 s, no
+error frames), 2 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import heapq
+import json
+import math
+import random
+import resource
+import sys
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import trio
+import trio.testing
+
+from dramaverse.actors.room import (
+    Command,
+    RoomActor,
+    RoomPeer,
+    RoomRegistry,
+    ServerClock,
+    open_rooms,
+)
+from dramaverse.config import Settings
+
+SCRIPT = 55.0  # seconds of each room's script
+SETTLE = 2.0  # seconds excluded after a (re)start, seek or catch-up
+CONVERGED = 0.1  # seconds of error that count as converged
+CONVERGENCE_INTERVAL = 0.05  # seconds between convergence checks of rooms after a seek
+PREDICTED_SEEK = 0.15  # what a client assumes a seek takes
+EARLY_REPORT = 0.5  # seconds after a (re)start when a client reports once out of turn
+HIST_RESOLUTION = 10_000  # bins per second: 0.1 ms
+HIST_LIMIT = 30.0  # seconds; larger errors land in the last bin (and in max)
+
+
+class Histogram:
+    """Fixed 0.1 ms bins: millions of samples in constant memory (RSS is measured too)."""
+
+    def __init__(self) -> None:
+        self.bins = array("q", bytes(8 * (int(HIST_LIMIT * HIST_RESOLUTION) + 1)))
+        self.count = 0
+        self.max = 0.0
+
+    def add(self, value: float) -> None:
+        self.bins[min(int(value * HIST_RESOLUTION), len(self.bins) - 1)] += 1
+        self.count += 1
+        self.max = max(self.max, value)
+
+    def summary_ms(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"samples": self.count}
+        if not self.count:
+            return out
+        wanted = [("p50", 0.50), ("p90", 0.90), ("p99", 0.99)]
+        seen = 0
+        index = 0
+        for i, n in enumerate(self.bins):
+            seen += n
+            while index < len(wanted) and seen >= wanted[index][1] * self.count:
+                upper = min((i + 1) / HIST_RESOLUTION, self.max)  # the bin's upper edge
+                out[wanted[index][0]] = round(upper * 1000, 1)
+                index += 1
+            if index == len(wanted):
+                break
+        out["max"] = round(self.max * 1000, 1)
+        return out
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"count": 0}
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)], 3)
+
+    return {
+        "count": len(ordered),
+        "p50": pick(0.5),
+        "p90": pick(0.9),
+        "p99": pick(0.99),
+        "max": round(ordered[-1], 3),
+    }
+
+
+class Scheduler:
+    """One task runs every timed event (message arrivals, client timers) from a heap.
+
+    Event times are rounded up to a ``tick`` (1 ms): events due in the same millisecond run in
+    one wake-up, which costs the simulated network at most 1 ms of extra delay.
+    """
+
+    def __init__(self, tick: float) -> None:
+        self.tick = tick
+        self.heap: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self.seq = 0
+        self.scope: trio.CancelScope | None = None
+        self.lateness = Histogram()
+
+    def at(self, when: float, fn: Callable[..., None], *args: Any) -> None:
+        when = math.ceil(when / self.tick) * self.tick
+        heapq.heappush(self.heap, (when, self.seq, fn, args))
+        self.seq += 1
+        if self.scope is not None and when < self.scope.deadline:
+            self.scope.deadline = when
+
+    async def run(self) -> None:
+        while True:
+            now = trio.current_time()
+            ran = 0
+            while self.heap and self.heap[0][0] <= now:
+                when, seq, fn, args = heapq.heappop(self.heap)
+                if seq % 16 == 0:
+                    self.lateness.add(now - when)
+                fn(*args)
+                ran += 1
+                if ran % 256 == 0:  # let the actors run between batches
+                    await trio.lowlevel.checkpoint()
+                    now = trio.current_time()
+            deadline = self.heap[0][0] if self.heap else math.inf
+            with trio.CancelScope(deadline=deadline) as self.scope:
+                await trio.sleep_forever()
+            self.scope = None
+
+
+@dataclass
+class Player:
+    """An imperfect media player: a media clock off by ``rate_error``; seeks take time."""
+
+    rate_error: float
+    position0: float = 0.0
+    since: float = 0.0  # true time from which position0 advances (after a seek completes)
+    playing: bool = False
+    rate: float = 1.0
+
+    def position(self, t: float) -> float:
+        if not self.playing or t <= self.since:
+            return self.position0
+        return self.position0 + (t - self.since) * self.rate * (1 + self.rate_error)
+
+    def pause(self, t: float) -> None:
+        self.position0 = self.position(t)
+        self.since = max(self.since, t)
+        self.playing = False
+
+    def set_rate(self, t: float, rate: float) -> None:
+        if self.playing and t > self.since:
+            self.position0 = self.position(t)
+            self.since = t
+        self.rate = rate
+
+    def seek(self, t: float, target: float, latency: float, *, play: bool) -> None:
+        """Jump to ``target``; playback (if ``play``) resumes from it after ``latency``."""
+        self.position0 = target
+        self.since = t + latency
+        self.playing = play
+
+    def play(self, t: float) -> None:
+        if not self.playing:
+            self.since = max(self.since, t)
+            self.playing = True
+
+
+@dataclass(eq=False)
+class Client:
+    sim: Sim
+    room: RoomSim
+    member_id: str
+    rng: random.Random
+    base_delay: float
+    clock_offset: float
+    player: Player
+    offset_est: float | None = None
+    anchor: dict[str, Any] | None = None
+    content_key: str | None = None
+    loaded: bool = False
+    stalled: bool = False
+    connected: bool = False
+    version: int = 0
+    report_interval: float = 1.0
+    busy_until: float = 0.0
+    last_up: float = 0.0
+    last_down: float = 0.0
+    peer: RoomPeer | None = None
+
+    # --- transport -----------------------------------------------------------------------
+
+    def send_up(self, kind: str, data: dict[str, Any] | None = None) -> None:
+        frame = json.dumps({"type": kind, "data": data}, separators=(",", ":"))
+        now = trio.current_time()
+        when = max(now + self.base_delay + self.rng.uniform(0, self.sim.args.jitter), self.last_up)
+        self.last_up = when
+        self.sim.frames_up += 1
+        self.sim.scheduler.at(when, self.arrive_up, frame)
+
+    def arrive_up(self, frame: str) -> None:
+        message = json.loads(frame)  # what the socket layer would do
+        actor = self.room.actor
+        assert actor is not None
+        try:
+            actor.inbox.send_nowait(Command(self.member_id, message["type"], message["data"]))
+        except trio.WouldBlock:  # the actor's inbox is full: the socket reader would wait
+            self.sim.inbox_full += 1
+            self.sim.scheduler.at(trio.current_time() + 0.001, self.arrive_up, frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.sim.room_gone += 1  # only while shutting down at the end of the run
+
+    def send_nowait(self, frame: str) -> None:
+        """The member's outbox as the room actor sees it (see ``Outbox``): the frame goes on the
+        simulated wire at once, as a connection's writer task would send it."""
+        now = trio.current_time()
+        jitter = self.rng.uniform(0, self.sim.args.jitter)
+        when = max(now + self.base_delay + jitter, self.last_down)
+        self.last_down = when
+        self.sim.frames_down += 1
+        self.sim.scheduler.at(when, self.on_frame, frame)
+
+    # --- clocks --------------------------------------------------------------------------
+
+    def local_now(self) -> float:
+        return trio.current_time() + self.clock_offset
+
+    def server_time(self, true_time: float) -> float:
+        """What this client believes the server clock reads at ``true_time``."""
+        return true_time + self.clock_offset - (self.offset_est or 0.0)
+
+    def true_time_of(self, server_time: float) -> float:
+        return server_time + (self.offset_est or 0.0) - self.clock_offset
+
+    def expected(self, true_time: float) -> float:
+        """The room's position at ``true_time`` according to this client's anchor."""
+        anchor = self.anchor
+        assert anchor is not None
+        at = anchor["at"] / 1000
+        if anchor["phase"] != "playing":
+            return float(anchor["position"])
+        return float(anchor["position"]) + (self.server_time(true_time) - at) * anchor["rate"]
+
+    # --- protocol ------------------------------------------------------------------------
+
+    def on_frame(self, frame: str) -> None:
+        message = json.loads(frame)
+        kind = message["type"]
+        now = trio.current_time()
+        if kind == "clock.ping":
+            local_ms = self.local_now() * 1000
+            self.send_up("clock.pong", {"seq": message["seq"], "t1": local_ms, "t2": local_ms})
+        elif kind == "clock.sync":
+            self.offset_est = message["offset"] / 1000
+        elif kind == "room.welcome":
+            self.connected = True
+            self.report_interval = message["reportInterval"] / 1000
+            if self.offset_est is None:  # rough until clock.sync: off by the one-way delay
+                self.offset_est = self.local_now() - message["serverTime"] / 1000
+            self.apply(message["state"])
+            self.sim.scheduler.at(now + self.rng.uniform(0, self.report_interval), self.report)
+        elif kind == "room.state":
+            self.apply(message)
+        elif kind == "room.drift":
+            self.on_drift(message, now)
+        elif kind == "error":
+            self.sim.errors.append(message)
+
+    def apply(self, state: dict[str, Any]) -> None:
+        now = trio.current_time()
+        self.version += 1
+        self.anchor = state
+        key = json.dumps(state["content"], sort_keys=True)
+        if key != self.content_key:
+            self.content_key = key
+            self.loaded = False
+            if state["content"] is not None:
+                load = self.rng.uniform(0.2, 1.5)
+                self.sim.scheduler.at(now + load, self.loaded_content, key)
+        self.player.set_rate(now, state["rate"])  # a new state drops any nudge
+        phase = state["phase"]
+        if self.stalled:
+            return
+        if phase == "playing":
+            if self.loaded:
+                self.catch_up(now, force=not self.player.playing)
+            return
+        self.player.pause(now)
+        if abs(self.player.position(now) - state["position"]) > 0.001:
+            latency = self.rng.uniform(0.05, 0.25) if phase == "waiting" else 0.0
+            self.player.seek(now, float(state["position"]), latency, play=False)
+        if phase == "waiting" and state["startAt"] is not None:
+            start = max(now, self.true_time_of(state["startAt"] / 1000))
+            self.sim.scheduler.at(start, self.start, self.version)
+
+    def loaded_content(self, key: str) -> None:
+        if key != self.content_key:
+            return
+        self.loaded = True
+        if not self.stalled:
+            self.send_up("room.status", {"state": "ready"})
+            if self.anchor is not None and self.anchor["phase"] == "playing":
+                self.catch_up(trio.current_time(), force=True)
+
+    def start(self, version: int) -> None:
+        if version != self.version or self.stalled or not self.loaded:
+            return
+        now = trio.current_time()
+        self.player.play(now)
+        self.busy_until = max(now, self.player.since) + SETTLE
+        self.report_soon()
+
+    def report_soon(self) -> None:
+        """One extra report shortly after (re)starting: a bad start is corrected at once."""
+        self.sim.scheduler.at(self.player.since + EARLY_REPORT, self.report, False)
+
+    def catch_up(self, now: float, *, force: bool) -> None:
+        """Seek to where the room will be once the seek is done (as far as we can predict)."""
+        if not force and abs(self.player.position(now) - self.expected(now)) <= 0.5:
+            return
+        target = self.expected(now + PREDICTED_SEEK)
+        latency = self.rng.uniform(0.05, 0.25)
+        self.player.seek(now, max(0.0, target), latency, play=True)
+        self.busy_until = now + latency + SETTLE
+        self.sim.catch_ups += 1
+        self.report_soon()
+
+    def on_drift(self, message: dict[str, Any], now: float) -> None:
+        if self.stalled or not self.player.playing or self.anchor is None:
+            return
+        if message["action"] == "rate":
+            self.player.set_rate(now, message["rate"])
+            self.sim.nudges += 1
+        else:
+            self.sim.drift_seeks += 1
+            self.catch_up(now, force=True)
+
+    def report(self, periodic: bool = True) -> None:
+        now = trio.current_time()
+        if periodic:
+            self.sim.scheduler.at(now + self.report_interval, self.report)
+        if (
+            self.connected
+            and self.loaded
+            and not self.stalled
+            and self.player.playing
+            and now >= self.player.since
+        ):
+            position = self.player.position(now)
+            self.send_up(
+                "room.position", {"position": position, "at": self.server_time(now) * 1000}
+            )
+
+    def stall(self, seconds: float) -> None:
+        now = trio.current_time()
+        self.stalled = True
+        self.player.pause(now)
+        self.send_up("room.status", {"state": "buffering"})
+        self.sim.scheduler.at(now + seconds, self.unstall)
+
+    def unstall(self) -> None:
+        self.stalled = False
+        self.send_up("room.status", {"state": "ready"})
+        if self.anchor is not None:
+            self.apply(self.anchor)
+
+
+@dataclass(eq=False)
+class RoomSim:
+    index: int
+    base: float
+    clients: list[Client] = field(default_factory=list)
+    actor: RoomActor | None = None
+    long_stall: bool = False
+    pending_seek: float | None = None
+    pending_start: float | None = None
+    in_barrier: bool = False
+
+
+class Sim:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.scheduler = Scheduler(args.tick)
+        self.errors_hist = Histogram()
+        self.seek_convergence: list[float] = []
+        self.start_convergence: list[float] = []
+        self.not_converged = 0
+        self.errors: list[dict[str, Any]] = []
+        self.frames_up = self.frames_down = 0
+        self.inbox_full = 0
+        self.room_gone = 0
+        self.nudges = self.drift_seeks = self.catch_ups = 0
+        self.barriers = 0
+        self.rooms_peak = 0
+        self.rooms: list[RoomSim] = []
+        self.converging: set[RoomSim] = set()  # rooms with a seek or start to time
+
+    def build(self) -> None:
+        args = self.args
+        for index in range(args.rooms):
+            base = self.rng.uniform(0, args.ramp)
+            room = RoomSim(index, base, long_stall=self.rng.random() < 0.25)
+            for k in range(args.members):
+                rng = random.Random(self.rng.random())
+                room.clients.append(
+                    Client(
+                        self,
+                        room,
+                        f"m{k}",
+                        rng,
+                        base_delay=rng.uniform(args.delay_min, args.delay_max),
+                        clock_offset=rng.uniform(-args.clock_offset, args.clock_offset),
+                        player=Player(rate_error=rng.uniform(-args.rate_error, args.rate_error)),
+                    )
+                )
+            self.rooms.append(room)
+
+    async def room_script(
+        self, registry: RoomRegistry, room: RoomSim, nursery: trio.Nursery, t0: float
+    ) -> None:
+        await trio.sleep_until(t0 + room.base)
+        host = room.clients[0]
+        room.actor = actor = await registry.create(host.member_id, "Host")
+        for k, client in enumerate(room.clients):
+            await trio.sleep_until(t0 + room.base + 0.1 * k)
+            # The client itself is the peer's outbox: no reader task and channel per member
+            # (a connection's writer task is the socket layer's cost, not the room's).
+            client.peer = RoomPeer(cast("trio.MemorySendChannel[str]", client))
+            await trio.sleep(client.base_delay)  # the join request travels up
+            await actor.join(client.member_id, client.member_id.upper(), client.peer)
+        await trio.sleep_until(t0 + room.base + 5.0)
+        movie = {"tmdbId": 27205 + room.index, "type": "movie", "duration": 8880}
+        host.send_up("room.content", {"content": movie})
+        host.send_up("room.play", {})
+        room.pending_start = trio.current_time()
+        self.converging.add(room)
+        await trio.sleep_until(t0 + room.base + 17.0)
+        host.send_up("room.seek", {"position": round(self.rng.uniform(300, 6000), 3)})
+        room.pending_seek = trio.current_time()
+        self.converging.add(room)
+        await trio.sleep_until(t0 + room.base + 29.0)
+        self.rng.choice(room.clients).stall(1.5)
+        if room.long_stall:
+            await trio.sleep_until(t0 + room.base + 39.0)
+            self.rng.choice(room.clients).stall(12.0)
+
+    def room_errors(self, room: RoomSim, now: float, *, record: bool) -> list[float] | None:
+        """Every in-sync member's |error| now, or None when the room is not playing."""
+        actor = room.actor
+        if actor is None:
+            return None
+        playback = actor.room.playback
+        if playback.phase.value != "playing":
+            return None
+        truth = playback.position_at(now)
+        settled = now >= playback.at + SETTLE
+        errors = []
+        for client in room.clients:
+            if not client.connected or client.stalled or not client.loaded:
+                continue
+            error = abs(client.player.position(now) - truth)
+            errors.append(error)
+            if record and settled and client.player.playing and now >= client.busy_until:
+                self.errors_hist.add(error)
+        return errors
+
+    async def sampler(self, registry: RoomRegistry) -> None:
+        """Steady-state errors, barriers and rooms held; yields between chunks of rooms so a
+        sweep over thousands of rooms never holds up the simulated network."""
+        while True:
+            await trio.sleep(self.args.sample_interval)
+            self.rooms_peak = max(self.rooms_peak, len(registry.rooms))
+            for i, room in enumerate(self.rooms):
+                if i % 100 == 99:
+                    await trio.lowlevel.checkpoint()
+                if room.actor is not None:
+                    in_barrier = room.actor.room.barrier is not None
+                    self.barriers += in_barrier and not room.in_barrier
+                    room.in_barrier = in_barrier
+                self.room_errors(room, trio.current_time(), record=True)
+
+    async def convergence(self) -> None:
+        """Every 50 ms, rooms after a seek or a start: when is everyone within 100 ms?"""
+        while True:
+            await trio.sleep(CONVERGENCE_INTERVAL)
+            now = trio.current_time()
+            for room in list(self.converging):
+                if room.pending_seek is None and room.pending_start is None:
+                    self.converging.discard(room)
+                    continue
+                for name, bucket in (
+                    ("pending_seek", self.seek_convergence),
+                    ("pending_start", self.start_convergence),
+                ):
+                    since = getattr(room, name)
+                    if since is None:
+                        continue
+                    errors = self.room_errors(room, now, record=False)
+                    assert room.actor is not None
+                    started = room.actor.room.playback.at >= since
+                    if errors and started and max(errors) < CONVERGED:
+                        bucket.append(now - since)
+                        setattr(room, name, None)
+                    elif now - since > 10.0:
+                        self.not_converged += 1
+                        setattr(room, name, None)
+
+    async def run(self) -> dict[str, Any]:
+        args = self.args
+        self.build()
+        rss_start = rss_mb()
+        cpu_start = cpu_seconds()
+        wall_start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            # Server time = trio time, so the simulator's true time is the server's.
+            clock = ServerClock(epoch=trio.current_time())
+            settings = Settings()
+            if args.report_interval is not None:
+                settings = dataclasses.replace(settings, watch_report_seconds=args.report_interval)
+            async with open_rooms(settings, clock=clock) as registry:
+                nursery.start_soon(self.scheduler.run)
+                nursery.start_soon(self.sampler, registry)
+                nursery.start_soon(self.convergence)
+                t0 = trio.current_time()
+                async with trio.open_nursery() as scripts:
+                    for room in self.rooms:
+                        scripts.start_soon(self.room_script, registry, room, nursery, t0)
+                    if args.gc_freeze:
+                        await trio.sleep_until(t0 + args.ramp + 0.5)
+                        gc.freeze()  # rooms and clients are long-lived: stop rescanning them
+                await trio.sleep_until(t0 + args.ramp + SCRIPT)
+                rss_peak_now = rss_mb()
+                rooms_held = len(registry.rooms)
+                nursery.cancel_scope.cancel()  # the clients first, then the rooms
+                registry.close()
+        cpu = cpu_seconds() - cpu_start
+        wall = time.perf_counter() - wall_start
+        error = self.errors_hist.summary_ms()
+        seek = summary(self.seek_convergence)
+        ok = (
+            error.get("p99", math.inf) < 100
+            and seek.get("count") == args.rooms
+            and seek.get("max", math.inf) <= 2.0
+            and not self.errors
+        )
+        return {
+            "ok": ok,
+            "clock": args.clock,
+            "rooms": args.rooms,
+            "members_per_room": args.members,
+            "members": args.rooms * args.members,
+            "rooms_held": rooms_held,
+            "rooms_held_peak": self.rooms_peak,
+            "sim_seconds": args.duration,
+            "error_ms": error,
+            "seek_convergence_s": seek,
+            "start_convergence_s": summary(self.start_convergence),
+            "not_converged_within_10s": self.not_converged,
+            "barriers_entered": self.barriers,
+            "left_out": sum(
+                1
+                for room in self.rooms
+                if room.actor is not None
+                for member in room.actor.room.members.values()
+                if member.left_out
+            ),
+            "corrections": {
+                "rate_nudges": self.nudges,
+                "drift_seeks": self.drift_seeks,
+                "client_catch_ups": self.catch_ups,
+            },
+            "frames": {
+                "up": self.frames_up,
+                "down": self.frames_down,
+                "per_sim_second": round((self.frames_up + self.frames_down) / args.duration),
+            },
+            "inbox_full_retries": self.inbox_full,
+            "frames_to_closed_rooms": self.room_gone,
+            "error_frames": len(self.errors),
+            "error_examples": self.errors[:3],
+            "cpu_seconds": round(cpu, 2),
+            "wall_seconds": round(wall, 2),
+            "cpu_per_sim_second": round(cpu / args.duration, 3),
+            "rss_mb": {"start": rss_start, "end": rss_peak_now, "peak": max_rss_mb()},
+            "rss_kb_per_member": round(
+                (rss_peak_now - rss_start) * 1024 / max(1, args.rooms * args.members), 1
+            ),
+            "scheduler_lateness_ms": self.scheduler.lateness.summary_ms(),
+            "settings": {
+                "delay_ms": [args.delay_min * 1000, args.delay_max * 1000],
+                "jitter_ms": args.jitter * 1000,
+                "clock_offset_s": args.clock_offset,
+                "rate_error": args.rate_error,
+                "sample_interval_s": args.sample_interval,
+                "tick_s": args.tick,
+                "gc_threshold": list(gc.get_threshold()),
+                "gc_freeze": args.gc_freeze,
+                "report_interval_s": args.report_interval,
+                "seed": args.seed,
+            },
+        }
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        pages = int(fh.read().split()[1])
+    return round(pages * resource.getpagesize() / 2**20, 1)
+
+
+def max_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rooms", type=int, default=50)
+    parser.add_argument("--members", type=int, default=4)
+    parser.add_argument("--clock", choices=("mock", "real"), default="mock")
+    parser.add_argument(
+        "--ramp", type=float, default=10.0, help="rooms start at random within this many seconds"
+    )
+    parser.add_argument("--delay-min", type=float, default=0.020, help="one-way, seconds")
+    parser.add_argument("--delay-max", type=float, default=0.300, help="one-way, seconds")
+    parser.add_argument("--jitter", type=float, default=0.050, help="seconds, per message")
+    parser.add_argument("--clock-offset", type=float, default=5.0, help="+- seconds")
+    parser.add_argument("--rate-error", type=float, default=0.0005, help="media clock error")
+    parser.add_argument("--sample-interval", type=float, default=0.2, help="seconds")
+    parser.add_argument(
+        "--report-interval", type=float, help="WATCH_REPORT_SECONDS (default: the server's)"
+    )
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=50_000,
+        help="gc generation-0 threshold (Python's default is 700; 0 keeps the default)",
+    )
+    parser.add_argument(
+        "--no-gc-freeze",
+        dest="gc_freeze",
+        action="store_false",
+        help="do not gc.freeze() the long-lived objects once every room exists",
+    )
+    parser.add_argument("--tick", type=float, default=0.001, help="event time grid, seconds")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json-out", help="also write the JSON document here")
+    args = parser.parse_args(argv)
+    if args.rooms < 1 or args.members < 1 or args.ramp < 0:
+        parser.error("need at least 1 room, 1 member and a ramp of 0 s or more")
+    args.duration = args.ramp + SCRIPT
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.gc_threshold:
+        # Most garbage here dies young (JSON dicts, messages); with the default threshold the
+        # collector rescans the long-lived rooms and clients hundreds of times a second.
+        gc.set_threshold(args.gc_threshold, 20, 20)
+    sim = Sim(args)
+    clock = trio.testing.MockClock(autojump_threshold=0) if args.clock == "mock" else None
+    print(
+        f"simulating {args.rooms} rooms x {args.members} members on the {args.clock} clock...",
+        file=sys.stderr,
+    )
+    result = trio.run(sim.run, clock=clock)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    return 0 if result["ok"] else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,561 @@
+"""The room actor (one trio task per watch-party room) and the room registry.
+
+The actor is thin: it owns one pure :class:`~dramaverse.domain.rooms.Room`, takes joins,
+commands and disconnects from its bounded inbox, calls ``room.tick`` whenever the room's next
+deadline (scheduled start, barrier deadline, host grace, reconnect grace, clock ping, end of
+content) comes up, and delivers the room's :class:`~dramaverse.domain.rooms.Send` effects to the
+members' peers. A peer is a connection as the room sees it (:class:`RoomPeer`): a bounded outbox
+the actor never waits on. A full outbox evicts the peer with close code 4001, like a session
+device; the member is then disconnected and may come back within the reconnect grace.
+
+Time: the room works on the *server clock*, wall-clock seconds that advance with trio's clock
+(:class:`ServerClock`), so snapshot times stay meaningful across a restart and a test's
+``MockClock`` drives everything.
+
+Resource handling: the registry owns the nursery every room actor runs in (``open_rooms``);
+leaving it cancels them all. Each actor owns its inbox's receive side; the inbox's send side
+lives on the actor and is shared by every caller (they only ever send on it). The actor stops by
+itself once the room has had no member for ``empty_grace`` seconds, forgets its peers (marking
+them gone) and tells the registry through ``on_exit``. Room actors are temporary: a crashed one
+is logged, not restarted; its members rejoin (or the room is restored from its last snapshot).
+
+Error handling: a refused command raises inside the pure room before anything changed; the actor
+answers the sender with an ``error`` frame (or raises it to an awaiting ``request``) and carries
+on. Anything else escaping the room is a bug: the actor crashes and its supervisor logs it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, cast
+
+import trio
+
+from dramaverse.actors.session import CLOSE_SLOW_CONSUMER
+from dramaverse.config import Settings
+from dramaverse.domain.rooms import (
+    Control,
+    Room,
+    RoomConfig,
+    Send,
+    new_room_code,
+    normalize_room_code,
+)
+from dramaverse.errors import BadRequest, DramaverseError, NotFound, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+INBOX_SIZE = 64
+BATCH = 32  # messages handled per wake-up at most, so timers are never starved
+TIME_EPSILON = 1e-6  # seconds: deadlines this close count as reached
+MAX_REQUEST_ID_LENGTH = 64
+T = TypeVar("T")
+
+
+def render_json(message: dict[str, Any]) -> str:
+    """The native protocol's frame for a room message: compact JSON, UTF-8 kept as is."""
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def room_config(settings: Settings) -> RoomConfig:
+    """The pure room tunables from the WATCH_* settings."""
+    chat = settings.watch_chat_rate
+    return RoomConfig(
+        lead_min=settings.watch_lead_min_seconds,
+        lead_max=settings.watch_lead_max_seconds,
+        drift_nudge=settings.watch_drift_nudge_seconds,
+        drift_seek=settings.watch_drift_seek_seconds,
+        drift_max_nudge=settings.watch_drift_max_nudge,
+        barrier_timeout=settings.watch_barrier_seconds,
+        host_grace=settings.watch_host_grace_seconds,
+        reconnect_grace=settings.watch_reconnect_grace_seconds,
+        chat_max_length=settings.watch_chat_max_length,
+        chat_rate_count=chat.limit,
+        chat_rate_window=chat.window,
+        history_size=settings.watch_history_size,
+        max_members=settings.watch_max_members,
+        report_interval=settings.watch_report_seconds,
+    )
+
+
+class ServerClock:
+    """Server time: wall-clock seconds at creation, advanced by trio's clock since then.
+
+    Construct it inside ``trio.run``. ``epoch`` fixes the server time at creation (tests use 0
+    so server time equals trio time).
+    """
+
+    def __init__(self, epoch: float | None = None) -> None:
+        base = time.time() if epoch is None else epoch
+        self._offset = base - trio.current_time()
+
+    def now(self) -> float:
+        return trio.current_time() + self._offset
+
+    def to_trio(self, server_time: float) -> float:
+        return server_time - self._offset
+
+
+class RoomGone(ServiceUnavailable):
+    """The room actor stopped before the request could be handled; join again."""
+
+
+@dataclass(eq=False)
+class RoomPeer:
+    """One connection of a member as the room sees it.
+
+    ``evict(code, reason)`` is called from the actor's task when the connection must go (a full
+    outbox: 4001); it must not block. ``render`` turns a room message into the transport's
+    frame; the actor renders a broadcast once per distinct renderer. ``gone`` is set by whoever
+    learns first that the connection ended.
+    """
+
+    outbox: trio.MemorySendChannel[str]
+    evict: Callable[[int, str], None] = lambda code, reason: None
+    render: Callable[[dict[str, Any]], str] = render_json
+    gone: bool = False
+
+    def push(self, frame: str) -> bool:
+        """Queue a frame without waiting; evict the peer when its outbox is full."""
+        if self.gone:
+            return False
+        try:
+            self.outbox.send_nowait(frame)
+        except trio.WouldBlock:
+            self.gone = True
+            self.evict(CLOSE_SLOW_CONSUMER, "slow consumer: outbox full")
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.gone = True
+            return False
+        return True
+
+
+@dataclass(eq=False)
+class Reply(Generic[T]):
+    """A rendezvous for a caller awaiting the actor."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    result: T | None = None
+    error: DramaverseError | None = None
+
+    def resolve(self, result: T) -> None:
+        self.result = result
+        self.done.set()
+
+    def fail(self, error: DramaverseError) -> None:
+        self.error = error
+        self.done.set()
+
+    async def wait(self) -> T:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return cast(T, self.result)
+
+
+@dataclass(eq=False)
+class Join:
+    member_id: str
+    name: str
+    peer: RoomPeer
+    reply: Reply[dict[str, Any]] = field(default_factory=Reply)
+
+
+@dataclass(eq=False)
+class Command:
+    """A client command. With ``reply`` the caller awaits the result; otherwise the answer
+    (``ack`` with ``request_id``, or ``error``) goes to the member's peer."""
+
+    member_id: str
+    kind: object
+    data: object
+    request_id: object = None
+    reply: Reply[dict[str, Any]] | None = None
+
+
+@dataclass(eq=False)
+class Disconnect:
+    member_id: str
+    peer: RoomPeer
+
+
+@dataclass(eq=False)
+class Call:
+    """Run ``fn(room, now)`` inside the actor (reads and admin changes; never blocking)."""
+
+    fn: Callable[[Room, float], Any]
+    reply: Reply[Any] = field(default_factory=Reply)
+
+
+Message = Join | Command | Disconnect | Call
+
+
+def _error_frame(error: DramaverseError, request_id: object) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "status": error.status, "message": error.message}
+    if request_id is not None:
+        frame["id"] = request_id
+    return frame
+
+
+def _valid_id(request_id: object) -> bool:
+    return (
+        isinstance(request_id, str | int)
+        and not isinstance(request_id, bool)
+        and len(str(request_id)) <= MAX_REQUEST_ID_LENGTH
+    )
+
+
+def _check_request_id(request_id: object) -> None:
+    if request_id is not None and not _valid_id(request_id):
+        raise BadRequest(
+            f"id must be a string or a number of at most {MAX_REQUEST_ID_LENGTH} characters."
+        )
+
+
+class RoomActor:
+    """Create it, start ``run`` in a nursery, talk to it through the methods below."""
+
+    def __init__(
+        self,
+        room: Room,
+        clock: ServerClock,
+        *,
+        empty_grace: float,
+        on_change: Callable[[Room], None] = lambda _: None,
+        on_exit: Callable[[RoomActor], None] = lambda _: None,
+        inbox_size: int = INBOX_SIZE,
+    ) -> None:
+        self.room = room
+        self.code = room.code
+        self.clock = clock
+        self.inbox, self._receive = trio.open_memory_channel[Message](inbox_size)
+        self.peers: dict[str, RoomPeer] = {}
+        self.stopped = trio.Event()
+        self._empty_grace = empty_grace
+        self._on_change = on_change
+        self._on_exit = on_exit
+        self._empty_since: float | None = clock.now() if room.empty else None
+        self._gone_peers = False  # a disconnect could not be queued: sweep for gone peers
+        self._in_flight: Reply[Any] | None = None
+
+    # --- the API used by connections (and the registry) ----------------------------------
+
+    async def join(self, member_id: str, name: str, peer: RoomPeer) -> dict[str, Any]:
+        """Attach ``peer`` as ``member_id``'s connection; returns the welcome message (which
+        is also the first frame pushed to the peer). Raises the room's refusal, or RoomGone."""
+        request = Join(member_id, name, peer)
+        await self._send(request)
+        return await request.reply.wait()
+
+    async def submit(
+        self, member_id: str, kind: object, data: object, request_id: object = None
+    ) -> None:
+        """Send a client command; its ``ack``/``error`` goes to the member's peer."""
+        await self._send(Command(member_id, kind, data, request_id))
+
+    async def request(self, member_id: str, kind: object, data: object) -> dict[str, Any]:
+        """Send a command and await its result (raises the refusal) — for HTTP endpoints."""
+        command = Command(member_id, kind, data, reply=Reply())
+        await self._send(command)
+        assert command.reply is not None
+        return await command.reply.wait()
+
+    def disconnect(self, member_id: str, peer: RoomPeer) -> None:
+        """The connection ended. Never blocks: a peer marked gone is swept up anyway."""
+        peer.gone = True
+        try:
+            self.inbox.send_nowait(Disconnect(member_id, peer))
+        except trio.WouldBlock:
+            self._gone_peers = True
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the actor is gone; nothing to disconnect from
+
+    async def call(self, fn: Callable[[Room, float], T]) -> T:
+        """Run ``fn(room, now)`` in the actor's task and return its result."""
+        request = Call(fn)
+        await self._send(request)
+        result: T = await request.reply.wait()
+        return result
+
+    async def snapshot(self) -> dict[str, Any]:
+        return await self.call(lambda room, now: room.snapshot())
+
+    async def _send(self, message: Message) -> None:
+        try:
+            await self.inbox.send(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise RoomGone(f"Room {self.code} is closed; join again.") from None
+
+    # --- the actor -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            await self._loop()
+        finally:
+            self._on_exit(self)
+            gone = RoomGone(f"Room {self.code} is closed; join again.")
+            if self._in_flight is not None and not self._in_flight.done.is_set():
+                self._in_flight.fail(gone)
+            while True:  # callers still queued must not wait forever
+                try:
+                    pending = self._receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                reply = pending.reply if isinstance(pending, Join | Call | Command) else None
+                if reply is not None:
+                    reply.fail(gone)
+            self._receive.close()  # later senders get RoomGone
+            for peer in self.peers.values():
+                peer.gone = True
+            self.stopped.set()
+
+    async def _loop(self) -> None:
+        while True:
+            now = self.clock.now()
+            revision = self.room.revision
+            due = self.room.next_deadline()
+            message: Message | None = None
+            if due is not None and due <= now + TIME_EPSILON:
+                # max(): server time is trio time plus an offset, so a deadline can seem a hair
+                # early after a float round trip; the room must see it as reached.
+                self._deliver(self.room.tick(max(now, due)))
+            else:
+                wake = due if due is not None else _inf
+                if self._empty_since is not None:
+                    wake = min(wake, self._empty_since + self._empty_grace)
+                with trio.move_on_at(self.clock.to_trio(wake)):
+                    message = await self._receive.receive()
+                now = self.clock.now()
+                if message is None:
+                    if self._empty_since is None or now + TIME_EPSILON < wake:
+                        continue  # a room deadline: the next round ticks
+                    try:  # a message may sit in the buffer although the wait timed out
+                        message = self._receive.receive_nowait()
+                    except trio.WouldBlock:
+                        return  # empty past the grace: stop
+                self._handle(message, now)
+                for _ in range(BATCH - 1):  # whatever else is queued, in one wake-up
+                    try:
+                        self._handle(self._receive.receive_nowait(), now)
+                    except trio.WouldBlock:
+                        break
+            if self._gone_peers:
+                self._deliver(self._sweep(now))
+            if self.room.revision != revision:
+                self._on_change(self.room)
+            if not self.room.empty:
+                self._empty_since = None
+            elif self._empty_since is None:
+                self._empty_since = now
+
+    def _handle(self, message: Message, now: float) -> None:
+        # A caller awaiting this message must hear about it even if the room crashes on it.
+        self._in_flight = message.reply if not isinstance(message, Disconnect) else None
+        self._dispatch(message, now)
+        self._in_flight = None
+
+    def _dispatch(self, message: Message, now: float) -> None:
+        match message:
+            case Join(member_id, name, peer, reply):
+                try:
+                    sends = self.room.join(member_id, name, now)
+                except DramaverseError as error:
+                    reply.fail(error)
+                    return
+                old = self.peers.get(member_id)
+                if old is not None and old is not peer:
+                    old.push(
+                        old.render({"type": "room.left", "room": self.code, "reason": "replaced"})
+                    )
+                    old.gone = True
+                self.peers[member_id] = peer
+                reply.resolve(sends[0].message)
+                self._deliver(sends)
+            case Command():
+                self._command(message, now)
+            case Disconnect(member_id, peer):
+                if self.peers.get(member_id) is peer:
+                    del self.peers[member_id]
+                    self._deliver(self.room.disconnect(member_id, now))
+            case Call(fn, reply):
+                try:
+                    reply.resolve(fn(self.room, now))
+                except DramaverseError as error:
+                    reply.fail(error)
+
+    def _command(self, command: Command, now: float) -> None:
+        peer = self.peers.get(command.member_id)
+        try:
+            _check_request_id(command.request_id)
+            outcome = self.room.handle(command.member_id, command.kind, command.data, now)
+        except DramaverseError as error:
+            if command.reply is not None:
+                command.reply.fail(error)
+            elif peer is not None:
+                request_id = command.request_id if _valid_id(command.request_id) else None
+                peer.push(peer.render(_error_frame(error, request_id)))
+            return
+        if command.reply is not None:
+            command.reply.resolve(outcome.result)
+        elif peer is not None and command.request_id is not None:
+            ack = {"type": "ack", "id": command.request_id, "result": outcome.result}
+            peer.push(peer.render(ack))
+        if command.member_id not in self.room.members:  # it left: no more room messages
+            self.peers.pop(command.member_id, None)
+        self._deliver(outcome.sends)
+
+    def _deliver(self, sends: list[Send]) -> None:
+        """Push each message to its peers, rendering it once per renderer; then disconnect any
+        member whose peer was evicted (which may produce more messages)."""
+        while sends:  # each round of evictions removes peers, so this ends
+            for send in sends:
+                frames: dict[Callable[[dict[str, Any]], str], str] = {}
+                if send.to is not None:
+                    targets = [self.peers[send.to]] if send.to in self.peers else []
+                else:
+                    targets = [p for m, p in self.peers.items() if m != send.exclude]
+                for peer in targets:
+                    frame = frames.get(peer.render)
+                    if frame is None:
+                        frame = frames[peer.render] = peer.render(send.message)
+                    peer.push(frame)
+            sends = self._sweep(self.clock.now())
+
+    def _sweep(self, now: float) -> list[Send]:
+        """Disconnect members whose peer is gone (evicted, or its disconnect was not queued)."""
+        self._gone_peers = False
+        sends: list[Send] = []
+        for member_id, peer in list(self.peers.items()):
+            if peer.gone:
+                del self.peers[member_id]
+                sends += self.room.disconnect(member_id, now)
+        return sends
+
+
+_inf = float("inf")
+
+
+class RoomRegistry:
+    """Creates rooms under unguessable codes, finds them, restores them from snapshots.
+
+    ``taken(code)`` lets a caller veto codes in use elsewhere (other processes, storage).
+    ``on_change(room)`` is called in the room's task after every change a snapshot would
+    record; it must not block (hand the snapshot to a writer task with ``send_nowait``).
+    """
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        config: RoomConfig,
+        clock: ServerClock,
+        *,
+        empty_grace: float,
+        on_change: Callable[[Room], None] = lambda _: None,
+        taken: Callable[[str], bool] = lambda _: False,
+    ) -> None:
+        self._nursery = nursery
+        self.config = config
+        self.clock = clock
+        self._empty_grace = empty_grace
+        self._on_change = on_change
+        self._taken = taken
+        self.rooms: dict[str, RoomActor] = {}
+
+    async def create(
+        self,
+        creator: str,
+        name: str,
+        *,
+        control: Control = Control.HOST,
+        wait_for_joiners: bool = False,
+    ) -> RoomActor:
+        """A new room with ``creator`` as host (who then joins with a peer)."""
+        for _ in range(100):
+            code = new_room_code()
+            if code not in self.rooms and not self._taken(code):
+                break
+        else:  # 8.5e11 codes: only a broken ``taken`` gets here
+            raise ServiceUnavailable("No free room code; try again.")
+        room = Room.create(
+            code,
+            self.config,
+            creator=creator,
+            name=name,
+            now=self.clock.now(),
+            control=control,
+            wait_for_joiners=wait_for_joiners,
+        )
+        return await self._start(room)
+
+    async def restore(self, snapshot: dict[str, Any]) -> RoomActor:
+        """Start the actor of a room from its snapshot (after a restart or a lease takeover)."""
+        room = Room.restore(snapshot, self.config, now=self.clock.now())
+        if room.code in self.rooms:
+            raise BadRequest(f"Room {room.code} is already running here.")
+        return await self._start(room)
+
+    async def _start(self, room: Room) -> RoomActor:
+        actor = RoomActor(
+            room,
+            self.clock,
+            empty_grace=self._empty_grace,
+            on_change=self._on_change,
+            on_exit=self._forget,
+        )
+        self.rooms[room.code] = actor
+        await self._nursery.start(self._supervise, actor)
+        return actor
+
+    def find(self, code: object) -> RoomActor | None:
+        """The live actor for a code as typed (any case, dashes), or None."""
+        return self.rooms.get(normalize_room_code(code))
+
+    def get(self, code: object) -> RoomActor:
+        actor = self.find(code)
+        if actor is None:
+            raise NotFound(f"Room {code} not found.")
+        return actor
+
+    def _forget(self, actor: RoomActor) -> None:
+        if self.rooms.get(actor.code) is actor:
+            del self.rooms[actor.code]
+
+    async def _supervise(
+        self, actor: RoomActor, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            await actor.run(task_status=task_status)
+        except Exception:
+            log.exception("room actor %s crashed", actor.code)
+
+    def close(self) -> None:
+        """Stop every room actor."""
+        self._nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_rooms(
+    settings: Settings,
+    *,
+    clock: ServerClock | None = None,
+    on_change: Callable[[Room], None] = lambda _: None,
+    taken: Callable[[str], bool] = lambda _: False,
+) -> AsyncIterator[RoomRegistry]:
+    """Own the nursery of every room actor; leaving cancels them."""
+    async with trio.open_nursery() as nursery:
+        yield RoomRegistry(
+            nursery,
+            room_config(settings),
+            clock or ServerClock(),
+            empty_grace=settings.watch_empty_room_seconds,
+            on_change=on_change,
+            taken=taken,
+        )
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,417 @@
+"""The room actor and registry on trio's virtual clock: timers fire at the right (virtual) time,
+answers reach the right peer, slow peers are evicted, empty rooms stop, snapshots restore."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from dramaverse.actors.room import (
+    Call,
+    RoomActor,
+    RoomGone,
+    RoomPeer,
+    RoomRegistry,
+    ServerClock,
+    open_rooms,
+    room_config,
+)
+from dramaverse.config import RateLimit, Settings, load_settings
+from dramaverse.domain.rooms import Room
+from dramaverse.errors import ConfigError, DramaverseError
+
+MOVIE = {"tmdbId": 27205, "type": "movie", "duration": 8880}
+SETTINGS = Settings()
+
+
+class Client:
+    """A fake connection: a bounded outbox the test reads, and a record of evictions."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.outbox, self.inbox = trio.open_memory_channel[str](size)
+        self.evictions: list[tuple[int, str]] = []
+        self.peer = RoomPeer(
+            self.outbox, lambda code, reason: self.evictions.append((code, reason))
+        )
+
+    def drain(self) -> list[dict[str, Any]]:
+        frames = []
+        while True:
+            try:
+                frames.append(json.loads(self.inbox.receive_nowait()))
+            except trio.WouldBlock:
+                return frames
+
+    async def expect(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """The next frame of ``kind`` whose fields match (others are skipped)."""
+        with trio.fail_after(600):
+            while True:
+                frame = json.loads(await self.inbox.receive())
+                if frame["type"] == kind and all(frame.get(k) == v for k, v in fields.items()):
+                    return frame
+
+
+@pytest.fixture
+async def registry() -> AsyncIterator[RoomRegistry]:
+    async with open_rooms(SETTINGS, clock=ServerClock(epoch=0.0)) as rooms:
+        yield rooms
+
+
+async def room_with(registry: RoomRegistry, *names: str) -> tuple[RoomActor, dict[str, Client]]:
+    actor = await registry.create(names[0], names[0].title())
+    clients = {}
+    for name in names:
+        clients[name] = client = Client()
+        welcome = await actor.join(name, name.title(), client.peer)
+        assert welcome["you"] == name
+    return actor, clients
+
+
+async def start_playing(actor: RoomActor, clients: dict[str, Client]) -> float:
+    host = next(iter(clients))
+    await actor.request(host, "room.content", {"content": MOVIE})
+    for name in clients:
+        await actor.request(name, "room.status", {"state": "ready"})
+    await actor.request(host, "room.play", {})
+    state = await clients[host].expect("room.state", phase="playing")
+    return float(state["at"]) / 1000
+
+
+async def test_play_starts_everyone_at_the_scheduled_virtual_time(
+    registry: RoomRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
+    actor, clients = await room_with(registry, "ann", "bob")
+    assert registry.get(actor.code.lower()) is actor
+    await actor.request("ann", "room.content", {"content": MOVIE})
+    for name in clients:
+        await actor.request(name, "room.status", {"state": "ready"})
+    asked = trio.current_time()
+    await actor.submit("ann", "room.play", {}, request_id="p1")
+    ack = await clients["ann"].expect("ack", id="p1")
+    assert ack["result"] == {"phase": "waiting"}
+    waiting = await clients["bob"].expect("room.state", phase="waiting")
+    assert waiting["startAt"] == pytest.approx((asked + SETTINGS.watch_lead_min_seconds) * 1000)
+    playing = await clients["bob"].expect("room.state", phase="playing")
+    assert trio.current_time() == pytest.approx(asked + SETTINGS.watch_lead_min_seconds)
+    assert playing["at"] == waiting["startAt"]
+
+
+async def test_clock_sync_over_the_actor_reports_each_members_offset(
+    registry: RoomRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
+    actor, clients = await room_with(registry, "ann")
+    client = clients["ann"]
+    offset, one_way = 7.5, 0.04  # the member's clock runs 7.5 s ahead; 40 ms each way
+
+    for _ in range(5):
+        ping = await client.expect("clock.ping")
+        await trio.sleep(one_way)
+        t1 = (trio.current_time() + offset) * 1000
+        await trio.sleep(one_way)
+        await actor.submit("ann", "clock.pong", {"seq": ping["seq"], "t1": t1, "t2": t1})
+        sync = await client.expect("clock.sync")
+    assert sync["offset"] == pytest.approx(offset * 1000, abs=0.01)
+    assert sync["rtt"] == pytest.approx(2 * one_way * 1000, abs=0.01)
+    assert sync["samples"] == 5
+    lead = await actor.call(lambda room, now: room.lead())
+    assert lead == SETTINGS.watch_lead_min_seconds  # 160 ms x 2 is below the minimum
+
+
+async def test_barrier_deadline_releases_the_room_on_the_virtual_clock(
+    registry: RoomRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
+    actor, clients = await room_with(registry, "ann", "bob")
+    await start_playing(actor, clients)
+    stalled = trio.current_time()
+    await actor.submit("bob", "room.status", {"state": "buffering"})
+    waiting = await clients["ann"].expect("room.state", phase="waiting", startAt=None)
+    assert waiting["waitingFor"] == ["bob"]
+    resumed = await clients["ann"].expect("room.state", phase="waiting", waitingFor=[])
+    assert trio.current_time() == pytest.approx(stalled + SETTINGS.watch_barrier_seconds)
+    assert resumed["startAt"] is not None
+    await clients["ann"].expect("room.state", phase="playing")
+    assert await actor.call(lambda room, now: room.members["bob"].left_out)
+
+
+async def test_host_role_migrates_after_the_host_grace(
+    registry: RoomRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
+    actor, clients = await room_with(registry, "ann", "bob", "cat")
+    actor.disconnect("ann", clients["ann"].peer)
+    gone = trio.current_time()
+    members = await clients["bob"].expect("room.members", host="bob")
+    assert trio.current_time() == pytest.approx(gone + SETTINGS.watch_host_grace_seconds)
+    assert next((m["id"], m["connected"]) for m in members["members"]) == ("ann", False)
+    # Ann comes back within the reconnect grace: still a member, no longer host.
+    ann = Client()
+    welcome = await actor.join("ann", "Ann", ann.peer)
+    assert welcome["host"] == "bob"
+    assert [m["id"] for m in welcome["members"]] == ["ann", "bob", "cat"]
+
+
+async def test_reconnect_within_grace_keeps_the_role_and_past_it_loses_membership(
+    registry: RoomRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
+    actor, clients = await room_with(registry, "ann", "bob")
+    actor.disconnect("ann", clients["ann"].peer)
+    await trio.sleep(SETTINGS.watch_host_grace_seconds - 1)
+    again = Client()
+    welcome = await actor.join("ann", "Ann", again.peer)
+    assert welcome["host"] == "ann"
+    actor.disconnect("bob", clients["bob"].peer)
+    gone = trio.current_time()
+    members = await again.expect("room.members", members=[welcome["members"][0]])
+    assert trio.current_time() == pytest.approx(gone + SETTINGS.watch_reconnect_grace_seconds)
+    assert members["host"] == "ann"
+
+
+async def test_answers_go_to_the_sender_and_refusals_change_nothing(
+    registry: RoomRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
+    actor, clients = await room_with(registry, "ann", "bob")
+    await trio.testing.wait_all_tasks_blocked()
+    clients["ann"].drain()
+    clients["bob"].drain()
+    before = await actor.snapshot()
+    await actor.submit("bob", "room.seek", {"position": 5}, request_id=7)
+    error = await clients["bob"].expect("error")
+    assert error == {
+        "type": "error",
+        "id": 7,
+        "status": 403,
+        "message": "Only the host controls playback in this room.",
+    }
+    await actor.submit("ann", "room.play", {"position": 1}, request_id=True)
+    error = await clients["ann"].expect("error")
+    assert error["status"] == 400
+    assert "id" not in error
+    await actor.submit("ann", "room.chat", {"text": "hi"}, request_id="x" * 65)
+    assert "at most 64" in (await clients["ann"].expect("error"))["message"]
+    with pytest.raises(DramaverseError, match="Unknown room message type"):
+        await actor.request("ann", "room.nope", None)
+    assert await actor.snapshot() == before
+    assert [f["type"] for f in clients["bob"].drain()] == []  # nobody else heard anything
+    await actor.submit("bob", "room.chat", {"text": "hello"}, request_id="c1")
+    assert (await clients["bob"].expect("ack", id="c1"))["result"] == {"id": 1}
+    chat = await clients["ann"].expect("room.chat")
+    assert (chat["member"], chat["text"]) == ("bob", "hello")
+
+
+async def test_slow_peer_is_evicted_and_disconnected(
+    registry: RoomRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
+    actor, clients = await room_with(registry, "ann")
+    slow = Client(size=2)
+    await actor.join("bob", "Bob", slow.peer)  # the welcome and a clock ping fill the outbox
+    await actor.submit("ann", "room.chat", {"text": "one too many"})
+    frame = await clients["ann"].expect("room.chat")
+    assert frame["text"] == "one too many"
+    members = await clients["ann"].expect("room.members")
+    assert [(m["id"], m["connected"]) for m in members["members"]] == [
+        ("ann", True),
+        ("bob", False),
+    ]
+    assert slow.evictions == [(4001, "slow consumer: outbox full")]
+    assert slow.peer.gone
+
+
+async def test_a_second_connection_replaces_the_first(
+    registry: RoomRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
+    actor, clients = await room_with(registry, "ann", "bob")
+    phone = Client()
+    await actor.join("bob", "Bob", phone.peer)
+    left = await clients["bob"].expect("room.left")
+    assert left["reason"] == "replaced"
+    actor.disconnect("bob", clients["bob"].peer)  # the old connection closing changes nothing
+    await trio.testing.wait_all_tasks_blocked()
+    connected = await actor.call(lambda room, now: room.members["bob"].connected)
+    assert connected is True
+    assert actor.peers["bob"] is phone.peer
+
+
+async def test_empty_room_stops_after_the_grace_and_is_forgotten(
+    registry: RoomRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
+    actor, clients = await room_with(registry, "ann")
+    await actor.request("ann", "room.leave", None)
+    left = trio.current_time()
+    await actor.stopped.wait()
+    assert trio.current_time() == pytest.approx(left + SETTINGS.watch_empty_room_seconds)
+    assert registry.find(actor.code) is None
+    with pytest.raises(DramaverseError, match="not found") as caught:
+        registry.get(actor.code)
+    assert caught.value.status == 404
+    with pytest.raises(RoomGone):
+        await actor.join("ann", "Ann", Client().peer)
+
+
+async def test_never_joined_room_stops_after_reconnect_and_empty_graces(
+    registry: RoomRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
+    created = trio.current_time()
+    actor = await registry.create("ann", "Ann")
+    await actor.stopped.wait()
+    expected = SETTINGS.watch_reconnect_grace_seconds + SETTINGS.watch_empty_room_seconds
+    assert trio.current_time() == pytest.approx(created + expected)
+
+
+async def test_snapshots_from_on_change_restore_membership_and_role(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    snapshots: list[dict[str, Any]] = []
+
+    def keep(room: Room) -> None:
+        snapshots.append(room.snapshot())
+
+    clock = ServerClock(epoch=0.0)  # one server clock across the "restart"
+    async with open_rooms(SETTINGS, clock=clock, on_change=keep) as registry:
+        actor, clients = await room_with(registry, "ann", "bob")
+        started = await start_playing(actor, clients)
+        await actor.request("ann", "room.host", {"member": "bob"})
+        code = actor.code
+        registry.close()  # the process "dies"
+    assert snapshots
+    assert snapshots[-1]["host"] == "bob"
+    last = json.loads(json.dumps(snapshots[-1]))
+    await trio.sleep(10)
+    async with open_rooms(SETTINGS, clock=clock) as registry:
+        actor = await registry.restore(last)
+        assert actor.code == code
+        bob = Client()
+        welcome = await actor.join("bob", "Bob", bob.peer)
+        assert welcome["host"] == "bob"
+        assert welcome["state"]["phase"] == "playing"
+        assert welcome["position"] == pytest.approx(trio.current_time() - started)
+        with pytest.raises(DramaverseError, match="already running"):
+            await registry.restore(last)
+        registry.close()
+
+
+async def test_a_crashing_room_is_logged_and_forgotten(
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
+    def explode(room: Room) -> None:
+        raise RuntimeError("storage writer bug")
+
+    async with open_rooms(SETTINGS, clock=ServerClock(epoch=0.0), on_change=explode) as registry:
+        actor = await registry.create("ann", "Ann")
+        client = Client()
+        with caplog.at_level(logging.ERROR):
+            await actor.join("ann", "Ann", client.peer)  # answered, then on_change explodes
+            await actor.stopped.wait()
+        assert registry.find(actor.code) is None
+        assert "room actor" in caplog.text
+        assert "crashed" in caplog.text
+        assert client.peer.gone
+        with pytest.raises(RoomGone):
+            await actor.join("ann", "Ann", Client().peer)
+        registry.close()
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+def test_watch_party_settings_defaults_and_environment() -> None:
+    settings = load_settings({}, dotenv_path=None)
+    config = room_config(settings)
+    assert (config.lead_min, config.lead_max) == (0.3, 3.0)
+    assert (config.drift_nudge, config.drift_seek, config.drift_max_nudge) == (0.04, 0.5, 0.08)
+    assert (config.barrier_timeout, config.host_grace, config.reconnect_grace) == (8, 15, 60)
+    assert (config.chat_max_length, config.chat_rate_count, config.chat_rate_window) == (
+        500,
+        10,
+        10,
+    )
+    assert (config.history_size, config.max_members, config.report_interval) == (50, 50, 2)
+    assert settings.watch_empty_room_seconds == 30
+    custom = load_settings(
+        {"WATCH_BARRIER_SECONDS": "3", "WATCH_CHAT_RATE": "5/60", "WATCH_MAX_MEMBERS": "8"},
+        dotenv_path=None,
+    )
+    assert custom.watch_barrier_seconds == 3
+    assert custom.watch_chat_rate == RateLimit(5, 60)
+    assert room_config(custom).max_members == 8
+    assert dataclasses.replace(SETTINGS) == SETTINGS
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"WATCH_LEAD_MIN_SECONDS": "soon"}, "WATCH_LEAD_MIN_SECONDS must be a number"),
+        ({"WATCH_BARRIER_SECONDS": "0"}, "WATCH_BARRIER_SECONDS must be a number from 0.1"),
+        ({"WATCH_CHAT_RATE": "off"}, "cannot be off"),
+        ({"WATCH_CHAT_RATE": "ten"}, "WATCH_CHAT_RATE must be COUNT/SECONDS"),
+        ({"WATCH_MAX_MEMBERS": "0"}, "WATCH_MAX_MEMBERS must be an integer from 1"),
+        (
+            {"WATCH_LEAD_MIN_SECONDS": "2", "WATCH_LEAD_MAX_SECONDS": "1"},
+            "WATCH_LEAD_MAX_SECONDS must not be less than WATCH_LEAD_MIN_SECONDS",
+        ),
+        (
+            {"WATCH_DRIFT_NUDGE_SECONDS": "0.5", "WATCH_DRIFT_SEEK_SECONDS": "0.5"},
+            "WATCH_DRIFT_SEEK_SECONDS must be more than WATCH_DRIFT_NUDGE_SECONDS",
+        ),
+    ],
+)
+def test_invalid_watch_party_settings_stop_with_one_line(
+    environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_settings(environ, dotenv_path=None)
+    assert "\n" not in caught.value.message
+
+
+async def test_timers_fire_on_a_wall_clock_epoch(autojump_clock: trio.testing.MockClock) -> None:
+    # Server time = trio time + a large offset: deadlines survive the float round trip.
+    async with open_rooms(SETTINGS, clock=ServerClock(epoch=1_732_000_000.123456)) as registry:
+        actor, clients = await room_with(registry, "ann", "bob")
+        with trio.fail_after(60):
+            started = await start_playing(actor, clients)
+        assert started == pytest.approx(actor.clock.now(), abs=0.01)
+        registry.close()
+
+
+async def test_a_disconnect_that_finds_the_inbox_full_is_still_applied(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    clock = ServerClock(epoch=0.0)
+    room = Room.create("7KQ3M8TD", room_config(SETTINGS), creator="ann", name="Ann", now=0.0)
+    actor = RoomActor(room, clock, empty_grace=1.0, inbox_size=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        ann, bob = Client(), Client()
+        await actor.join("ann", "Ann", ann.peer)
+        await actor.join("bob", "Bob", bob.peer)
+        await trio.testing.wait_all_tasks_blocked()
+        ann.drain()
+        for _ in range(2):  # one goes straight to the waiting actor, one fills the inbox
+            actor.inbox.send_nowait(Call(lambda room, now: None))
+        actor.disconnect("bob", bob.peer)  # cannot be queued: the actor sweeps gone peers
+        members = await ann.expect("room.members")
+        assert [(m["id"], m["connected"]) for m in members["members"]] == [
+            ("ann", True),
+            ("bob", False),
+        ]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_caller_is_answered_even_when_its_request_crashes_the_room(
+    registry: RoomRegistry, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
+    actor, _ = await room_with(registry, "ann")
+    assert await actor.call(lambda room, now: None) is None
+
+    def bug(room: Room, now: float) -> None:
+        raise ZeroDivisionError("a bug in the caller's function")
+
+    with caplog.at_level(logging.ERROR), pytest.raises(RoomGone):
+        await actor.call(bug)
+    await actor.stopped.wait()
+    assert "ZeroDivisionError" in caplog.text
