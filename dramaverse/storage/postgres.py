@@ -49,7 +49,6 @@ from asyncpg import exceptions as pg_errors
 
 from dramaverse.domain.events import EventRange, UserEvent
 from dramaverse.domain.library import (
-    LibraryEvent,
     SaveEpisodeReview,
     SetFavorite,
     SetStatus,
@@ -405,95 +404,79 @@ class PostgresStorage:
 
         return await self._run(job, "snapshot")
 
-    async def set_favorite(self, user_id: int, change: SetFavorite) -> WriteResult:
-        async def job(conn: Connection) -> WriteResult:
-            await _lock_user_and_check_drama(conn, user_id, change.drama_url)
-            if change.is_favorite:
-                sql = (
-                    "INSERT INTO user_favorites (user_id, drama_url) VALUES ($1, $2) "
-                    "ON CONFLICT DO NOTHING RETURNING 1"
-                )
-            else:
-                sql = "DELETE FROM user_favorites WHERE user_id = $1 AND drama_url = $2 RETURNING 1"
-            if await conn.fetchval(sql, user_id, change.drama_url) is None:
-                return WriteResult(None)
-            event = favorite_event(change.drama_url, change.is_favorite)
-            return WriteResult(await _append_event(conn, user_id, event))
+    # Library writes are single statements calling the functions of migration 0005: one round
+    # trip each, in its own implicit transaction (see that migration for the why).
 
-        return await self._run(job)
+    async def set_favorite(self, user_id: int, change: SetFavorite) -> WriteResult:
+        event = favorite_event(change.drama_url, change.is_favorite)
+
+        async def job(conn: Connection) -> WriteResult:
+            seq = await _call_write(
+                conn,
+                "SELECT dv_set_favorite($1, $2, $3, $4, $5)",
+                user_id,
+                change.drama_url,
+                change.is_favorite,
+                _json(event.payload),
+                _now_ms(),
+            )
+            return WriteResult(None if seq is None else UserEvent.of(user_id, int(seq), event))
+
+        return await self._run(job, "none")
 
     async def set_status(self, user_id: int, change: SetStatus) -> WriteResult:
+        if change.status:
+            event = status_event(change.drama_url, change.status, change.current_episode)
+        else:
+            event = status_event(change.drama_url, None)
+
         async def job(conn: Connection) -> WriteResult:
-            await _lock_user_and_check_drama(conn, user_id, change.drama_url)
-            if not change.status:
-                deleted = await conn.fetchval(
-                    "DELETE FROM user_statuses WHERE user_id = $1 AND drama_url = $2 RETURNING 1",
-                    user_id,
-                    change.drama_url,
-                )
-                if deleted is None:
-                    return WriteResult(None)
-                event = status_event(change.drama_url, None)
-                return WriteResult(await _append_event(conn, user_id, event))
-            await conn.execute(
-                "INSERT INTO user_statuses (user_id, drama_url, status, current_episode) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, drama_url) DO UPDATE SET "
-                "status = excluded.status, current_episode = excluded.current_episode",
+            seq = await _call_write(
+                conn,
+                "SELECT dv_set_status($1, $2, $3, $4, $5, $6)",
                 user_id,
                 change.drama_url,
                 change.status,
                 change.current_episode,
+                _json(event.payload),
+                _now_ms(),
             )
-            # Every accepted set is announced, changed or not, as the original server does.
-            event = status_event(change.drama_url, change.status, change.current_episode)
-            return WriteResult(await _append_event(conn, user_id, event))
+            return WriteResult(None if seq is None else UserEvent.of(user_id, int(seq), event))
 
-        return await self._run(job)
+        return await self._run(job, "none")
 
     async def save_episode_review(
         self, user_id: int, change: SaveEpisodeReview, now_ms: int
     ) -> WriteResult:
-        key = (user_id, change.drama_url, change.episode_number)
-
         async def job(conn: Connection) -> WriteResult:
-            # The user's head lock is held from here to commit: the row read below cannot change
-            # before this transaction writes, so the conflict rule has no race.
-            await _lock_user_and_check_drama(conn, user_id, change.drama_url)
-            if change.is_delete:
-                deleted = await conn.fetchval(
-                    "DELETE FROM user_episode_reviews "
-                    "WHERE user_id = $1 AND drama_url = $2 AND episode_number = $3 RETURNING 1",
-                    *key,
-                )
-                if deleted is None:
-                    return WriteResult(None)
-                event = review_event(change.drama_url, change.episode_number, None)
-                return WriteResult(await _append_event(conn, user_id, event))
-            row = await conn.fetchrow(
-                "SELECT updated_at, review_text FROM user_episode_reviews "
-                "WHERE user_id = $1 AND drama_url = $2 AND episode_number = $3",
-                *key,
-            )
-            if row is not None and not change.force and row[0] > change.client_updated_at:
-                raise Conflict(
-                    "Conflict detected.", serverVersion={"text": row[1], "updatedAt": row[0]}
-                )
-            # Never move a review's clock backwards, even if the server clock does.
-            updated_at = now_ms if row is None else max(now_ms, int(row[0]) + 1)
-            await conn.execute(
-                "INSERT INTO user_episode_reviews "
-                "(user_id, drama_url, episode_number, review_text, updated_at) "
-                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, drama_url, episode_number) "
-                "DO UPDATE SET review_text = excluded.review_text, "
-                "updated_at = excluded.updated_at",
-                *key,
+            row = await _call_write(
+                conn,
+                "SELECT * FROM dv_save_review($1, $2, $3, $4, $5, $6, $7, $8)",
+                user_id,
+                change.drama_url,
+                change.episode_number,
                 change.text,
-                updated_at,
+                change.is_delete,
+                float(change.client_updated_at),
+                change.force,
+                now_ms,
+                row=True,
             )
+            seq, updated_at, conflict_text, conflict_updated = row
+            if conflict_updated is not None:
+                raise Conflict(
+                    "Conflict detected.",
+                    serverVersion={"text": conflict_text, "updatedAt": conflict_updated},
+                )
+            if seq is None:
+                return WriteResult(None)
+            if change.is_delete:
+                event = review_event(change.drama_url, change.episode_number, None)
+                return WriteResult(UserEvent.of(user_id, int(seq), event))
             event = review_event(change.drama_url, change.episode_number, change.text, updated_at)
-            return WriteResult(await _append_event(conn, user_id, event), updated_at)
+            return WriteResult(UserEvent.of(user_id, int(seq), event), int(updated_at))
 
-        return await self._run(job)
+        return await self._run(job, "none")
 
     # -- event log --------------------------------------------------------------------------
 
@@ -698,41 +681,23 @@ async def _head(conn: Connection, user_id: int) -> int:
     return int(value or 0)
 
 
-async def _lock_user_and_check_drama(conn: Connection, user_id: int, drama_url: str) -> None:
-    """First statement of every library write: lock the user's head row, check the drama.
-
-    The upsert creates the head row on a user's first write and locks it until commit; the
-    foreign key to ``users`` turns an unknown user into Unauthorized, as SQLite's check does,
-    before the drama is looked at.
-    """
+async def _call_write(conn: Connection, sql: str, *args: Any, row: bool = False) -> Any:
+    """Run one write function; map its refusals to the Storage protocol's errors."""
     try:
-        known = await conn.fetchval(
-            "WITH head AS (INSERT INTO user_event_heads (user_id, last_seq) VALUES ($1, 0) "
-            "ON CONFLICT (user_id) DO UPDATE SET last_seq = user_event_heads.last_seq "
-            "RETURNING last_seq) "
-            "SELECT EXISTS (SELECT 1 FROM dramas WHERE url = $2) FROM head",
-            user_id,
-            drama_url,
-        )
+        if row:
+            return await conn.fetchrow(sql, *args)
+        return await conn.fetchval(sql, *args)
     except pg_errors.ForeignKeyViolationError:
+        # The head row's foreign key: the user no longer exists (a valid token, deleted account).
         raise Unauthorized("Invalid or expired token") from None
-    if not known:
-        raise NotFound(f"Drama not found: {drama_url}")
+    except pg_errors.PostgresError as exc:
+        if getattr(exc, "sqlstate", None) == "P0002":
+            raise NotFound(str(getattr(exc, "message", "") or exc)) from None
+        raise
 
 
-async def _append_event(conn: Connection, user_id: int, event: LibraryEvent) -> UserEvent:
-    """Log ``event`` with the user's next seq; the caller holds the head row's lock."""
-    seq = await conn.fetchval(
-        "WITH head AS (UPDATE user_event_heads SET last_seq = last_seq + 1 WHERE user_id = $1 "
-        "RETURNING last_seq) "
-        "INSERT INTO user_events (user_id, seq, name, payload, created_at) "
-        "SELECT $1, last_seq, $2, $3, $4 FROM head RETURNING seq",
-        user_id,
-        event.name,
-        _json(event.payload),
-        int(time.time() * 1000),
-    )
-    return UserEvent.of(user_id, int(seq), event)
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _leaves_connection_unusable(exc: BaseException) -> bool:
@@ -766,6 +731,20 @@ def _reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+class _LeanConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A pooled connection handed back without asyncpg's reset query.
+
+    The default release sends ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET
+    ALL`` to the server: one more round trip on every operation. This module never leaves session
+    state behind (no LISTEN, no session advisory locks, no SET, no cursors outside transactions;
+    migrations use transaction-scoped locks), and asyncpg still rolls back a transaction left
+    open, so there is nothing to reset.
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 async def _create_pool(url: str, pool_size: int, connect_timeout: float) -> Any:
     query = parse_qs(urlsplit(url).query)
     settings = {} if "application_name" in query else {"application_name": "dramaverse"}
@@ -777,6 +756,7 @@ async def _create_pool(url: str, pool_size: int, connect_timeout: float) -> Any:
         command_timeout=COMMAND_TIMEOUT,
         max_inactive_connection_lifetime=IDLE_LIFETIME,
         server_settings=settings,
+        connection_class=_LeanConnection,
     )
 
 
