@@ -1,7 +1,9 @@
 """Composition root: opens everything in order inside one root nursery, and closes it backwards.
 
 Order: the trio-asyncio loop (the only one in the process), storage (migrated), the broker, the
-session hub, the catalog keeper and the event-log pruner, then Hypercorn serving the app.
+session hub, the catalog keeper and the event-log pruner, the Socket.IO sessions (and, in a
+worker of ``serve --workers N``, the router that relays other workers' sessions), then Hypercorn
+serving the app.
 
 Shutdown (SIGINT/SIGTERM or ``handle.stop()``): Hypercorn stops accepting, every WebSocket is
 closed with 1001 (reconnect), requests in flight get ``shutdown_grace_seconds`` to finish, and
@@ -20,6 +22,7 @@ import trio
 import trio_asyncio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.typing import ASGIFramework
 
 from dramaverse.actors.catalog import CatalogKeeper
 from dramaverse.actors.hub import open_hub, run_event_pruner
@@ -30,6 +33,7 @@ from dramaverse.http.app import create_app
 from dramaverse.http.fastpath import LibraryWriteFastPath
 from dramaverse.http.socketio import engine_server
 from dramaverse.http.state import AppState
+from dramaverse.http.worker_routing import WorkerRouter
 from dramaverse.storage import open_storage
 from dramaverse.supervisor import worker_app, worker_binds
 
@@ -86,13 +90,16 @@ async def serve(
         await nursery.start(partial(run_event_pruner, storage, settings, clock_ms=state.clock_ms))
         app = create_app(state)
         await nursery.start(engine_server(app).run)  # Socket.IO sessions; closed on shutdown
+        front: ASGIFramework = LibraryWriteFastPath(app, state)
+        if settings.worker_id is not None:  # relay Socket.IO requests to their session's worker
+            front = await nursery.start(WorkerRouter(front, settings, shutdown).run)
         if handle_signals:
             nursery.start_soon(_wait_for_signal, shutdown)
         async with trio.open_nursery() as http_nursery:
             binds = await http_nursery.start(
                 partial(
                     hypercorn_serve,
-                    worker_app(settings, LibraryWriteFastPath(app, state)),
+                    worker_app(settings, front),
                     hypercorn_config(settings),
                     shutdown_trigger=shutdown.wait,
                 )

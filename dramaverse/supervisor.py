@@ -408,7 +408,9 @@ class WorkerHeader:
     """ASGI middleware: every response and WebSocket handshake names the worker that served it.
 
     ``X-Dramaverse-Worker: <id>`` lets an operator (and the tests) see which process answered
-    through the shared port, without any per-request work beyond appending one header.
+    through the shared port, without any per-request work beyond appending one header. A
+    Socket.IO answer relayed from another worker (``http/worker_routing.py``) keeps that
+    worker's header in front of ours: ``1, 0`` is "served by 1, relayed by 0".
     """
 
     def __init__(self, app: ASGIFramework, worker_id: int) -> None:

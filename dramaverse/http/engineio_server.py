@@ -12,9 +12,9 @@ credentials: an allowed Origin gets ``Access-Control-Allow-Origin`` with that or
 ``{"code":4,"message":"Forbidden"}`` (WebSocket upgrades too: no cross-site hijacking).
 
 Sids are 20 random URL-safe characters (120 bits) after :attr:`EngineServer.sid_prefix` (empty
-by default). The prefix is the hook for scale-out: give each worker a distinct prefix and a front
-router can send every polling request of a sid to the worker that holds its session (polling
-needs that affinity; WebSocket sessions live on one connection anyway).
+in a single process). A worker of ``serve --workers N`` sets it to its tag ``w<I>.``, and its
+``worker_routing.WorkerRouter`` relays every request (polling or the WebSocket upgrade) that
+carries another worker's sid to that worker, so this endpoint only ever sees its own sessions.
 
 Resource handling: :meth:`EngineServer.run` (started by the runtime in the root nursery) owns the
 nursery every session runs in; on shutdown it closes every session with 1001 (a pending poll

@@ -77,6 +77,7 @@ from dramaverse.http.socketio_codec import (
     encode_event,
 )
 from dramaverse.http.state import AppState
+from dramaverse.http.worker_routing import sid_prefix
 
 log = logging.getLogger(__name__)
 
@@ -366,6 +367,7 @@ def install(app: QuartTrio, state: AppState) -> EngineServer:
         state.cors,
         state.shutdown,
         lambda session: SocketIOConnection(state, session, pids),
+        sid_prefix=sid_prefix(state.settings.worker_id),  # a worker's sids name it
     )
     app.register_blueprint(engineio_server.blueprint(server))
     app.extensions[EXTENSION] = server
