@@ -1,9 +1,9 @@
 """Composition root: opens everything in order inside one root nursery, and closes it backwards.
 
 Order: the trio-asyncio loop (the only one in the process), storage (migrated), the broker, the
-session hub, the catalog keeper and the event-log pruner, the Socket.IO sessions (and, in a
-worker of ``serve --workers N``, the router that relays other workers' sessions), then Hypercorn
-serving the app.
+session hub, the watch-party rooms (restored from their snapshots), the catalog keeper and the
+event-log pruner, the Socket.IO sessions (and, in a worker of ``serve --workers N``, the router
+that relays other workers' sessions), then Hypercorn serving the app.
 
 Shutdown (SIGINT/SIGTERM or ``handle.stop()``): Hypercorn stops accepting, every WebSocket is
 closed with 1001 (reconnect), requests in flight get ``shutdown_grace_seconds`` to finish, and
@@ -33,6 +33,7 @@ from dramaverse.http.app import create_app
 from dramaverse.http.fastpath import LibraryWriteFastPath
 from dramaverse.http.socketio import engine_server
 from dramaverse.http.state import AppState
+from dramaverse.http.unread_body import CloseOnUnreadBody
 from dramaverse.http.worker_routing import WorkerRouter
 from dramaverse.storage import open_storage
 from dramaverse.supervisor import worker_app, worker_binds
@@ -99,7 +100,7 @@ async def serve(
             binds = await http_nursery.start(
                 partial(
                     hypercorn_serve,
-                    worker_app(settings, front),
+                    worker_app(settings, CloseOnUnreadBody(front)),
                     hypercorn_config(settings),
                     shutdown_trigger=shutdown.wait,
                 )

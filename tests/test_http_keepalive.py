@@ -1,0 +1,81 @@
+"""Keep-alive connections never hang after an answer given before the body was read."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from tests.conftest import Server
+
+
+async def _exchange(server: Server, request: bytes) -> tuple[bytes, trio.SocketStream]:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(request)
+    head = b""
+    with trio.fail_after(5):
+        while b"\r\n\r\n" not in head:
+            chunk = await stream.receive_some(65536)
+            assert chunk, "closed before answering"
+            head += chunk
+    return head, stream
+
+
+def _post(path: str, body: bytes, *extra: str) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: test", "Content-Type: application/json", *extra]
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def _next_request_does_not_hang(stream: trio.SocketStream) -> bool:
+    """Send another request on the connection: it must be closed (or answered), never stuck."""
+    try:
+        await stream.send_all(b"GET /api/health HTTP/1.1\r\nHost: test\r\n\r\n")
+    except trio.BrokenResourceError:
+        return True  # already closed by the server
+    with trio.move_on_after(5):
+        while True:
+            try:
+                chunk = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                return True
+            if not chunk or b"HTTP/1.1" in chunk:
+                return True
+    return False
+
+
+BIG = b'{"a": "' + b"x" * 200_000 + b'"}'
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/api/user/favorites", b"401"),  # the raw-ASGI write path, refused from the headers
+        ("/api/auth/register", b"413"),  # a Quart route, body over MAX_BODY_BYTES
+        ("/socket.io/?EIO=4&transport=polling&sid=nope", b"400"),  # Engine.IO, unknown sid
+    ],
+)
+async def test_an_early_answer_closes_the_connection(
+    server: Server, path: str, status: bytes
+) -> None:
+    head, stream = await _exchange(server, _post(path, BIG))
+    async with stream:
+        assert head.split(b" ")[1] == status
+        assert b"connection: close" in head.lower()
+        assert await _next_request_does_not_hang(stream)
+
+
+async def test_a_body_read_to_the_end_keeps_the_connection(server: Server) -> None:
+    token = await server.register("alice")
+    body = b'{"dramaUrl": "nope", "isFavorite": true}'
+    head, stream = await _exchange(
+        server, _post("/api/user/favorites", body, f"Authorization: Bearer {token}")
+    )
+    async with stream:
+        assert head.split(b" ")[1] == b"404"
+        assert b"connection: close" not in head.lower()
+        await stream.send_all(b"GET /api/health HTTP/1.1\r\nHost: test\r\n\r\n")
+        answer = b""
+        with trio.fail_after(5):
+            while b'{"status":"ok"}' not in answer:
+                answer += await stream.receive_some(65536)
