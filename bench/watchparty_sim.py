@@ -55,6 +55,17 @@ Measured (one JSON document on stdout, also ``--json-out``):
 - rooms held, barriers entered, members left out, corrections, frames each way, error frames,
   CPU time, RSS (current and peak).
 
+Server mode (``--server``): the same clients and script against a real ``python -m dramaverse
+serve`` on loopback (a temporary data directory, SQLite, ``bench.wsclient.BenchServer``): every
+member is a registered user with its own native WebSocket (``/api/ws``, the lean wsproto client),
+the host creates its room with ``room.create`` and the others ``room.join`` it, and the injected
+delays and jitter are added on the client side, on top of loopback. The true position comes from
+the room's own ``room.state`` frames as the host's socket receives them (before the injected
+delay), with server time = this process's wall clock (same machine). Runs on the real clock;
+the figures add the server's CPU time and RSS. Bounded to 2,000 members (one socket each).
+
+    python -m bench.watchparty_sim --server --rooms 50 --members 4
+
 Exit status: 0 when the targets hold (p99 error < 100 ms, every seek converged within 2 s, no
 error frames), 2 otherwise.
 """
@@ -62,6 +73,7 @@ error frames), 2 otherwise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import heapq
@@ -74,11 +86,21 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
 import trio
 import trio.testing
 
+from bench.wsclient import (
+    HOST,
+    PONG,
+    BenchServer,
+    WSClosed,
+    WSConn,
+    open_session,
+    register_users,
+)
 from dramaverse.actors.room import (
     Command,
     RoomActor,
@@ -97,6 +119,8 @@ PREDICTED_SEEK = 0.15  # what a client assumes a seek takes
 EARLY_REPORT = 0.5  # seconds after a (re)start when a client reports once out of turn
 HIST_RESOLUTION = 10_000  # bins per second: 0.1 ms
 HIST_LIMIT = 30.0  # seconds; larger errors land in the last bin (and in max)
+MAX_SERVER_MEMBERS = 2000  # --server: one socket per member
+SERVER_OUTBOX = 256  # --server: frames a member may have queued for its socket
 
 
 class Histogram:
@@ -247,11 +271,19 @@ class Client:
     last_up: float = 0.0
     last_down: float = 0.0
     peer: RoomPeer | None = None
+    socket: trio.MemorySendChannel[str] | None = None  # --server: frames for the socket
 
     # --- transport -----------------------------------------------------------------------
 
-    def send_up(self, kind: str, data: dict[str, Any] | None = None) -> None:
-        frame = json.dumps({"type": kind, "data": data}, separators=(",", ":"))
+    def send_up(
+        self, kind: str, data: dict[str, Any] | None = None, request_id: str | None = None
+    ) -> None:
+        message: dict[str, Any] = {"type": kind, "data": data}
+        if self.room.code is not None and kind not in ("room.create", "room.join"):
+            message["room"] = self.room.code  # --server: the native protocol's envelope
+        if request_id is not None:
+            message["id"] = request_id
+        frame = json.dumps(message, separators=(",", ":"))
         now = trio.current_time()
         when = max(now + self.base_delay + self.rng.uniform(0, self.sim.args.jitter), self.last_up)
         self.last_up = when
@@ -259,6 +291,13 @@ class Client:
         self.sim.scheduler.at(when, self.arrive_up, frame)
 
     def arrive_up(self, frame: str) -> None:
+        if self.socket is not None:  # --server: onto the real socket
+            try:
+                self.socket.send_nowait(frame)
+            except trio.WouldBlock:
+                self.sim.inbox_full += 1
+                self.sim.scheduler.at(trio.current_time() + 0.001, self.arrive_up, frame)
+            return
         message = json.loads(frame)  # what the socket layer would do
         actor = self.room.actor
         assert actor is not None
@@ -270,7 +309,7 @@ class Client:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.sim.room_gone += 1  # only while shutting down at the end of the run
 
-    def send_nowait(self, frame: str) -> None:
+    def send_nowait(self, frame: str | dict[str, Any]) -> None:
         """The member's outbox as the room actor sees it (see ``Outbox``): the frame goes on the
         simulated wire at once, as a connection's writer task would send it."""
         now = trio.current_time()
@@ -303,8 +342,8 @@ class Client:
 
     # --- protocol ------------------------------------------------------------------------
 
-    def on_frame(self, frame: str) -> None:
-        message = json.loads(frame)
+    def on_frame(self, frame: str | dict[str, Any]) -> None:
+        message = json.loads(frame) if isinstance(frame, str) else frame
         kind = message["type"]
         now = trio.current_time()
         if kind == "clock.ping":
@@ -314,6 +353,7 @@ class Client:
             self.offset_est = message["offset"] / 1000
         elif kind == "room.welcome":
             self.connected = True
+            self.room.code = message["room"]  # --server: its frames name the room from now on
             self.report_interval = message["reportInterval"] / 1000
             if self.offset_est is None:  # rough until clock.sync: off by the one-way delay
                 self.offset_est = self.local_now() - message["serverTime"] / 1000
@@ -325,6 +365,9 @@ class Client:
             self.on_drift(message, now)
         elif kind == "error":
             self.sim.errors.append(message)
+        elif kind == "ack" and message.get("id") == "create":  # --server: the room's code
+            self.room.code = message["result"]["room"]
+            self.room.created.set()
 
     def apply(self, state: dict[str, Any]) -> None:
         now = trio.current_time()
@@ -435,6 +478,17 @@ class RoomSim:
     pending_seek: float | None = None
     pending_start: float | None = None
     in_barrier: bool = False
+    # --server: the room's code, and its latest state and member list as the host receives them
+    code: str | None = None
+    created: trio.Event = field(default_factory=trio.Event)
+    state: dict[str, Any] | None = None
+    members: list[dict[str, Any]] = field(default_factory=list)
+
+    def in_barrier_now(self) -> bool:
+        if self.actor is not None:
+            return self.actor.room.barrier is not None
+        state = self.state
+        return state is not None and state["phase"] == "waiting" and state["startAt"] is None
 
 
 class Sim:
@@ -455,6 +509,7 @@ class Sim:
         self.rooms_peak = 0
         self.rooms: list[RoomSim] = []
         self.converging: set[RoomSim] = set()  # rooms with a seek or start to time
+        self.wall_offset = 0.0  # --server: server time (wall clock) minus trio time
 
     def build(self) -> None:
         args = self.args
@@ -477,18 +532,28 @@ class Sim:
             self.rooms.append(room)
 
     async def room_script(
-        self, registry: RoomRegistry, room: RoomSim, nursery: trio.Nursery, t0: float
+        self, registry: RoomRegistry | None, room: RoomSim, nursery: trio.Nursery, t0: float
     ) -> None:
         await trio.sleep_until(t0 + room.base)
         host = room.clients[0]
-        room.actor = actor = await registry.create(host.member_id, "Host")
-        for k, client in enumerate(room.clients):
-            await trio.sleep_until(t0 + room.base + 0.1 * k)
-            # The client itself is the peer's outbox: no reader task and channel per member
-            # (a connection's writer task is the socket layer's cost, not the room's).
-            client.peer = RoomPeer(cast("trio.MemorySendChannel[str]", client))
-            await trio.sleep(client.base_delay)  # the join request travels up
-            await actor.join(client.member_id, client.member_id.upper(), client.peer)
+        if registry is None:  # --server: over the sockets
+            host.send_up("room.create", {"name": "Host"}, "create")
+            with trio.move_on_after(5.0):
+                await room.created.wait()
+            if room.code is None:
+                return  # counted as not held
+            for k, client in enumerate(room.clients[1:], start=1):
+                await trio.sleep_until(t0 + room.base + 0.1 * k)
+                client.send_up("room.join", {"code": room.code, "name": client.member_id.upper()})
+        else:
+            room.actor = actor = await registry.create(host.member_id, "Host")
+            for k, client in enumerate(room.clients):
+                await trio.sleep_until(t0 + room.base + 0.1 * k)
+                # The client itself is the peer's outbox: no reader task and channel per member
+                # (a connection's writer task is the socket layer's cost, not the room's).
+                client.peer = RoomPeer(cast("trio.MemorySendChannel[str]", client))
+                await trio.sleep(client.base_delay)  # the join request travels up
+                await actor.join(client.member_id, client.member_id.upper(), client.peer)
         await trio.sleep_until(t0 + room.base + 5.0)
         movie = {"tmdbId": 27205 + room.index, "type": "movie", "duration": 8880}
         host.send_up("room.content", {"content": movie})
@@ -505,16 +570,26 @@ class Sim:
             await trio.sleep_until(t0 + room.base + 39.0)
             self.rng.choice(room.clients).stall(12.0)
 
+    def truth(self, room: RoomSim, now: float) -> tuple[float, float] | None:
+        """(the room's true position now, the true time of its anchor) while it plays."""
+        if room.actor is not None:
+            playback = room.actor.room.playback
+            if playback.phase.value != "playing":
+                return None
+            return playback.position_at(now), playback.at
+        state = room.state
+        if state is None or state["phase"] != "playing":
+            return None
+        at = state["at"] / 1000 - self.wall_offset
+        return float(state["position"]) + (now - at) * state["rate"], at
+
     def room_errors(self, room: RoomSim, now: float, *, record: bool) -> list[float] | None:
         """Every in-sync member's |error| now, or None when the room is not playing."""
-        actor = room.actor
-        if actor is None:
+        anchor = self.truth(room, now)
+        if anchor is None:
             return None
-        playback = actor.room.playback
-        if playback.phase.value != "playing":
-            return None
-        truth = playback.position_at(now)
-        settled = now >= playback.at + SETTLE
+        truth, at = anchor
+        settled = now >= at + SETTLE
         errors = []
         for client in room.clients:
             if not client.connected or client.stalled or not client.loaded:
@@ -525,17 +600,17 @@ class Sim:
                 self.errors_hist.add(error)
         return errors
 
-    async def sampler(self, registry: RoomRegistry) -> None:
+    async def sampler(self, registry: RoomRegistry | None) -> None:
         """Steady-state errors, barriers and rooms held; yields between chunks of rooms so a
         sweep over thousands of rooms never holds up the simulated network."""
         while True:
             await trio.sleep(self.args.sample_interval)
-            self.rooms_peak = max(self.rooms_peak, len(registry.rooms))
+            self.rooms_peak = max(self.rooms_peak, self.rooms_held(registry))
             for i, room in enumerate(self.rooms):
                 if i % 100 == 99:
                     await trio.lowlevel.checkpoint()
-                if room.actor is not None:
-                    in_barrier = room.actor.room.barrier is not None
+                if room.actor is not None or room.state is not None:
+                    in_barrier = room.in_barrier_now()
                     self.barriers += in_barrier and not room.in_barrier
                     room.in_barrier = in_barrier
                 self.room_errors(room, trio.current_time(), record=True)
@@ -557,14 +632,30 @@ class Sim:
                     if since is None:
                         continue
                     errors = self.room_errors(room, now, record=False)
-                    assert room.actor is not None
-                    started = room.actor.room.playback.at >= since
+                    anchor = self.truth(room, now)
+                    started = anchor is not None and anchor[1] >= since
                     if errors and started and max(errors) < CONVERGED:
                         bucket.append(now - since)
                         setattr(room, name, None)
                     elif now - since > 10.0:
                         self.not_converged += 1
                         setattr(room, name, None)
+
+    def rooms_held(self, registry: RoomRegistry | None) -> int:
+        if registry is not None:
+            return len(registry.rooms)
+        return sum(1 for room in self.rooms if room.state is not None)  # --server: created
+
+    def left_out(self) -> int:
+        if self.args.server:
+            return sum(1 for room in self.rooms for m in room.members if m["leftOut"])
+        return sum(
+            1
+            for room in self.rooms
+            if room.actor is not None
+            for member in room.actor.room.members.values()
+            if member.left_out
+        )
 
     async def run(self) -> dict[str, Any]:
         args = self.args
@@ -579,23 +670,111 @@ class Sim:
             if args.report_interval is not None:
                 settings = dataclasses.replace(settings, watch_report_seconds=args.report_interval)
             async with open_rooms(settings, clock=clock) as registry:
-                nursery.start_soon(self.scheduler.run)
-                nursery.start_soon(self.sampler, registry)
-                nursery.start_soon(self.convergence)
-                t0 = trio.current_time()
-                async with trio.open_nursery() as scripts:
-                    for room in self.rooms:
-                        scripts.start_soon(self.room_script, registry, room, nursery, t0)
-                    if args.gc_freeze:
-                        await trio.sleep_until(t0 + args.ramp + 0.5)
-                        gc.freeze()  # rooms and clients are long-lived: stop rescanning them
-                await trio.sleep_until(t0 + args.ramp + SCRIPT)
+                rooms_held = await self.script(registry, nursery)
                 rss_peak_now = rss_mb()
-                rooms_held = len(registry.rooms)
                 nursery.cancel_scope.cancel()  # the clients first, then the rooms
                 registry.close()
         cpu = cpu_seconds() - cpu_start
         wall = time.perf_counter() - wall_start
+        return self.report(rooms_held, cpu, wall, {"start": rss_start, "end": rss_peak_now})
+
+    async def run_server(self, server: BenchServer) -> dict[str, Any]:
+        """The same script over real sockets against ``server`` (see the module docstring)."""
+        args = self.args
+        self.build()
+        self.wall_offset = time.time() - trio.current_time()
+        clients = [client for room in self.rooms for client in room.clients]
+        names = [f"wp{room.index}m{k}" for room in self.rooms for k in range(args.members)]
+        tokens = await register_users(HOST, server.port, names)
+        pairs: list[tuple[WSConn, Client]] = []
+        limit = trio.CapacityLimiter(32)
+
+        async def connect(token: str, client: Client) -> None:
+            async with limit:
+                conn, _ = await open_session(HOST, server.port, token)
+                pairs.append((conn, client))
+
+        async with trio.open_nursery() as connecting:
+            for token, client in zip(tokens, clients, strict=True):
+                connecting.start_soon(connect, token, client)
+        rss_start = rss_mb()
+        cpu_start = cpu_seconds()
+        server_cpu_start = server.cpu_s() or 0.0
+        server_rss_start = server.rss_mb()
+        wall_start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for conn, client in pairs:
+                send, receive = trio.open_memory_channel[str](SERVER_OUTBOX)
+                client.socket = send
+                nursery.start_soon(self._socket_writer, conn, receive)
+                nursery.start_soon(self._socket_reader, conn, client)
+            rooms_held = await self.script(None, nursery)
+            rss_peak_now = rss_mb()
+            server_rss = server.rss_mb()
+            nursery.cancel_scope.cancel()
+        for conn, _ in pairs:
+            with trio.move_on_after(1):
+                await conn.aclose()
+        cpu = cpu_seconds() - cpu_start
+        wall = time.perf_counter() - wall_start
+        result = self.report(rooms_held, cpu, wall, {"start": rss_start, "end": rss_peak_now})
+        result["server"] = {
+            "cpu_seconds": round((server.cpu_s() or 0.0) - server_cpu_start, 2),
+            "cpu_per_sim_second": round(
+                ((server.cpu_s() or 0.0) - server_cpu_start) / args.duration, 3
+            ),
+            "rss_mb": {"start": server_rss_start, "end": server_rss},
+            "sockets": len(pairs),
+        }
+        return result
+
+    async def _socket_writer(self, conn: WSConn, receive: trio.MemoryReceiveChannel[str]) -> None:
+        """The only task that sends on ``conn`` (WSConn has no locking)."""
+        with contextlib.suppress(WSClosed):
+            async for frame in receive:
+                await conn.send_text(frame)
+
+    async def _socket_reader(self, conn: WSConn, client: Client) -> None:
+        room = client.room
+        is_host = client is room.clients[0]
+        assert client.socket is not None
+        with contextlib.suppress(WSClosed):
+            while True:
+                frame = json.loads(await conn.receive())
+                kind = frame["type"]
+                if kind == "ping":  # the heartbeat: answered at once, through the writer
+                    client.socket.send_nowait(PONG)
+                    continue
+                if is_host:  # the truth: the room's broadcasts as they leave the server
+                    if kind == "room.state":
+                        room.state = frame
+                    elif kind == "room.welcome":
+                        room.state = frame["state"]
+                        room.members = frame["members"]
+                    elif kind == "room.members":
+                        room.members = frame["members"]
+                client.send_nowait(frame)
+
+    async def script(self, registry: RoomRegistry | None, nursery: trio.Nursery) -> int:
+        """Run every room's script and the samplers; return the rooms held at the end."""
+        args = self.args
+        nursery.start_soon(self.scheduler.run)
+        nursery.start_soon(self.sampler, registry)
+        nursery.start_soon(self.convergence)
+        t0 = trio.current_time()
+        async with trio.open_nursery() as scripts:
+            for room in self.rooms:
+                scripts.start_soon(self.room_script, registry, room, nursery, t0)
+            if args.gc_freeze:
+                await trio.sleep_until(t0 + args.ramp + 0.5)
+                gc.freeze()  # rooms and clients are long-lived: stop rescanning them
+        await trio.sleep_until(t0 + args.ramp + SCRIPT)
+        return self.rooms_held(registry)
+
+    def report(
+        self, rooms_held: int, cpu: float, wall: float, rss: dict[str, float]
+    ) -> dict[str, Any]:
+        args = self.args
         error = self.errors_hist.summary_ms()
         seek = summary(self.seek_convergence)
         ok = (
@@ -606,6 +785,7 @@ class Sim:
         )
         return {
             "ok": ok,
+            "mode": "server" if args.server else "in-process",
             "clock": args.clock,
             "rooms": args.rooms,
             "members_per_room": args.members,
@@ -618,13 +798,7 @@ class Sim:
             "start_convergence_s": summary(self.start_convergence),
             "not_converged_within_10s": self.not_converged,
             "barriers_entered": self.barriers,
-            "left_out": sum(
-                1
-                for room in self.rooms
-                if room.actor is not None
-                for member in room.actor.room.members.values()
-                if member.left_out
-            ),
+            "left_out": self.left_out(),
             "corrections": {
                 "rate_nudges": self.nudges,
                 "drift_seeks": self.drift_seeks,
@@ -642,9 +816,9 @@ class Sim:
             "cpu_seconds": round(cpu, 2),
             "wall_seconds": round(wall, 2),
             "cpu_per_sim_second": round(cpu / args.duration, 3),
-            "rss_mb": {"start": rss_start, "end": rss_peak_now, "peak": max_rss_mb()},
+            "rss_mb": {**rss, "peak": max_rss_mb()},
             "rss_kb_per_member": round(
-                (rss_peak_now - rss_start) * 1024 / max(1, args.rooms * args.members), 1
+                (rss["end"] - rss["start"]) * 1024 / max(1, args.rooms * args.members), 1
             ),
             "scheduler_lateness_ms": self.scheduler.lateness.summary_ms(),
             "settings": {
@@ -708,10 +882,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--tick", type=float, default=0.001, help="event time grid, seconds")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--server",
+        action="store_true",
+        help="drive a real server on loopback over the native WebSocket (real clock)",
+    )
     parser.add_argument("--json-out", help="also write the JSON document here")
     args = parser.parse_args(argv)
     if args.rooms < 1 or args.members < 1 or args.ramp < 0:
         parser.error("need at least 1 room, 1 member and a ramp of 0 s or more")
+    if args.server:
+        if args.rooms * args.members > MAX_SERVER_MEMBERS:
+            parser.error(f"--server drives at most {MAX_SERVER_MEMBERS} members (one socket each)")
+        args.clock = "real"
     args.duration = args.ramp + SCRIPT
     return args
 
@@ -724,11 +907,17 @@ def main(argv: list[str] | None = None) -> int:
         gc.set_threshold(args.gc_threshold, 20, 20)
     sim = Sim(args)
     clock = trio.testing.MockClock(autojump_threshold=0) if args.clock == "mock" else None
-    print(
-        f"simulating {args.rooms} rooms x {args.members} members on the {args.clock} clock...",
-        file=sys.stderr,
-    )
-    result = trio.run(sim.run, clock=clock)
+    where = "against a real server" if args.server else f"on the {args.clock} clock"
+    print(f"simulating {args.rooms} rooms x {args.members} members {where}...", file=sys.stderr)
+    if args.server:
+        env = {}
+        if args.report_interval is not None:
+            env["WATCH_REPORT_SECONDS"] = str(args.report_interval)
+        log = partial(print, file=sys.stderr)
+        with BenchServer("watchparty", env_extra=env, log=log) as server:
+            result = trio.run(sim.run_server, server)
+    else:
+        result = trio.run(sim.run, clock=clock)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json_out:

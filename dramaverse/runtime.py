@@ -26,6 +26,7 @@ from hypercorn.typing import ASGIFramework
 
 from dramaverse.actors.catalog import CatalogKeeper
 from dramaverse.actors.hub import open_hub, run_event_pruner
+from dramaverse.actors.room_snapshots import open_watch_parties
 from dramaverse.broker import open_broker
 from dramaverse.config import Settings
 from dramaverse.http import compression, send_coalescing
@@ -35,6 +36,7 @@ from dramaverse.http.socketio import engine_server
 from dramaverse.http.state import AppState
 from dramaverse.http.unread_body import CloseOnUnreadBody
 from dramaverse.http.worker_routing import WorkerRouter
+from dramaverse.http.ws_rooms import room_host_lookup
 from dramaverse.storage import open_storage
 from dramaverse.supervisor import worker_app, worker_binds
 
@@ -84,10 +86,13 @@ async def serve(
         open_broker(settings) as broker,
         trio.open_nursery() as nursery,
         open_hub(storage, broker, settings) as hub,
+        open_watch_parties(storage, settings, stop_recording=shutdown) as (rooms, snapshots),
     ):
         keeper = CatalogKeeper(storage, settings.catalog_poll_seconds)
         await nursery.start(keeper.run)
         state = AppState.build(settings, storage, keeper, broker, hub, shutdown)
+        state.rooms, state.room_snapshots = rooms, snapshots  # watch parties, restored
+        state.room_host_lookup = room_host_lookup(rooms)
         await nursery.start(partial(run_event_pruner, storage, settings, clock_ms=state.clock_ms))
         app = create_app(state)
         await nursery.start(engine_server(app).run)  # Socket.IO sessions; closed on shutdown

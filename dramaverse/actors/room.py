@@ -46,7 +46,7 @@ from dramaverse.domain.rooms import (
     new_room_code,
     normalize_room_code,
 )
-from dramaverse.errors import BadRequest, DramaverseError, NotFound, ServiceUnavailable
+from dramaverse.errors import BadRequest, DramaverseError, Forbidden, NotFound, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +111,16 @@ class RoomPeer:
 
     ``evict(code, reason)`` is called from the actor's task when the connection must go (a full
     outbox: 4001); it must not block. ``render`` turns a room message into the transport's
-    frame; the actor renders a broadcast once per distinct renderer. ``gone`` is set by whoever
-    learns first that the connection ended.
+    frame; the actor renders a broadcast once per distinct renderer. ``on_error(status)`` is
+    called (in the actor's task, must not block) when the actor answers this peer with an error
+    frame, so a transport can count malformed commands. ``gone`` is set by whoever learns first
+    that the connection ended.
     """
 
     outbox: trio.MemorySendChannel[str]
     evict: Callable[[int, str], None] = lambda code, reason: None
     render: Callable[[dict[str, Any]], str] = render_json
+    on_error: Callable[[int], None] = lambda status: None
     gone: bool = False
 
     def push(self, frame: str) -> bool:
@@ -170,13 +173,16 @@ class Join:
 @dataclass(eq=False)
 class Command:
     """A client command. With ``reply`` the caller awaits the result; otherwise the answer
-    (``ack`` with ``request_id``, or ``error``) goes to the member's peer."""
+    (``ack`` with ``request_id``, or ``error``) goes to the member's peer. With ``peer`` the
+    command counts only if that peer is still the member's connection (another connection of
+    the member may have replaced it); it is refused with 403 otherwise."""
 
     member_id: str
     kind: object
     data: object
     request_id: object = None
     reply: Reply[dict[str, Any]] | None = None
+    peer: RoomPeer | None = None
 
 
 @dataclass(eq=False)
@@ -254,10 +260,17 @@ class RoomActor:
         return await request.reply.wait()
 
     async def submit(
-        self, member_id: str, kind: object, data: object, request_id: object = None
+        self,
+        member_id: str,
+        kind: object,
+        data: object,
+        request_id: object = None,
+        *,
+        peer: RoomPeer | None = None,
     ) -> None:
-        """Send a client command; its ``ack``/``error`` goes to the member's peer."""
-        await self._send(Command(member_id, kind, data, request_id))
+        """Send a client command; its ``ack``/``error`` goes to the member's peer (to ``peer``,
+        when given, which must still be the member's connection)."""
+        await self._send(Command(member_id, kind, data, request_id, peer=peer))
 
     async def request(self, member_id: str, kind: object, data: object) -> dict[str, Any]:
         """Send a command and await its result (raises the refusal) — for HTTP endpoints."""
@@ -392,8 +405,13 @@ class RoomActor:
 
     def _command(self, command: Command, now: float) -> None:
         peer = self.peers.get(command.member_id)
+        stale = command.peer is not None and command.peer is not peer
+        if stale:
+            peer = command.peer  # replaced or gone: answer the sender, change nothing
         try:
             _check_request_id(command.request_id)
+            if stale:
+                raise Forbidden("You are not in this room (another connection replaced this one).")
             outcome = self.room.handle(command.member_id, command.kind, command.data, now)
         except DramaverseError as error:
             if command.reply is not None:
@@ -401,6 +419,7 @@ class RoomActor:
             elif peer is not None:
                 request_id = command.request_id if _valid_id(command.request_id) else None
                 peer.push(peer.render(_error_frame(error, request_id)))
+                peer.on_error(error.status)
             return
         if command.reply is not None:
             command.reply.resolve(outcome.result)
@@ -448,6 +467,8 @@ class RoomRegistry:
     ``taken(code)`` lets a caller veto codes in use elsewhere (other processes, storage).
     ``on_change(room)`` is called in the room's task after every change a snapshot would
     record; it must not block (hand the snapshot to a writer task with ``send_nowait``).
+    ``on_end(code)`` is called when a room actor ended by itself (empty past its grace, or
+    crashed), not when it was cancelled (shutdown): its snapshot is of no more use.
     """
 
     def __init__(
@@ -458,6 +479,7 @@ class RoomRegistry:
         *,
         empty_grace: float,
         on_change: Callable[[Room], None] = lambda _: None,
+        on_end: Callable[[str], None] = lambda _: None,
         taken: Callable[[str], bool] = lambda _: False,
     ) -> None:
         self._nursery = nursery
@@ -465,6 +487,7 @@ class RoomRegistry:
         self.clock = clock
         self._empty_grace = empty_grace
         self._on_change = on_change
+        self._on_end = on_end
         self._taken = taken
         self.rooms: dict[str, RoomActor] = {}
 
@@ -534,6 +557,7 @@ class RoomRegistry:
             await actor.run(task_status=task_status)
         except Exception:
             log.exception("room actor %s crashed", actor.code)
+        self._on_end(actor.code)  # not reached when cancelled
 
     def close(self) -> None:
         """Stop every room actor."""
@@ -546,6 +570,7 @@ async def open_rooms(
     *,
     clock: ServerClock | None = None,
     on_change: Callable[[Room], None] = lambda _: None,
+    on_end: Callable[[str], None] = lambda _: None,
     taken: Callable[[str], bool] = lambda _: False,
 ) -> AsyncIterator[RoomRegistry]:
     """Own the nursery of every room actor; leaving cancels them."""
@@ -556,6 +581,7 @@ async def open_rooms(
             clock or ServerClock(),
             empty_grace=settings.watch_empty_room_seconds,
             on_change=on_change,
+            on_end=on_end,
             taken=taken,
         )
         nursery.cancel_scope.cancel()

@@ -12,6 +12,8 @@ from quart import current_app
 
 from dramaverse.actors.catalog import CatalogKeeper
 from dramaverse.actors.hub import SessionHub
+from dramaverse.actors.room import RoomRegistry
+from dramaverse.actors.room_snapshots import SnapshotWriter
 from dramaverse.broker.base import Broker
 from dramaverse.config import Settings
 from dramaverse.http.auth import PasswordHasher, TokenService
@@ -51,6 +53,10 @@ class AppState:
     # word). The room registry installs its own: ``(room_code as posted, user id) -> bool``;
     # it must answer False for codes it does not know and must not block for long.
     room_host_lookup: RoomHostLookup = field(default=no_room_hosts)
+    # The watch-party rooms of this process and their snapshot writer (runtime.serve sets
+    # them; None where no registry runs, and the room verbs then answer 503).
+    rooms: RoomRegistry | None = None
+    room_snapshots: SnapshotWriter | None = None
 
     @classmethod
     def build(

@@ -2,12 +2,13 @@
 
 Each connection is three tasks in one nursery: the reader (this handler's task: ``hello``, then
 requests, pongs), the writer (drains the bounded outbox into the socket, so there is one writer),
-and the heartbeat. The user's session actor pushes events into the same outbox. Any task may
-end the connection with ``close(code, reason)``, which records the code and cancels the rest;
-the close frame is sent once, at the end.
+and the heartbeat. The user's session actor pushes events into the same outbox, and so do the
+watch-party rooms the connection joined (``room.*``/``clock.*`` frames go to ``ws_rooms.py``).
+Any task may end the connection with ``close(code, reason)``, which records the code and cancels
+the rest; the close frame is sent once, at the end.
 
-Resource handling: the handler owns the outbox's receive side and detaches the device from the
-hub on the way out, whatever ended the connection.
+Resource handling: the handler owns the outbox's receive side and, on the way out, whatever
+ended the connection, detaches the device from the hub and disconnects it from its rooms.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dramaverse.http.library_ops import OPERATIONS
 from dramaverse.http.responses import error_response
 from dramaverse.http.security import client_address, minutes_phrase
 from dramaverse.http.state import AppState, app_state
+from dramaverse.http.ws_rooms import RoomLink, is_room_message
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("native_ws", __name__)
@@ -112,6 +114,7 @@ class NativeConnection:
         self._outbox: trio.MemorySendChannel[str] | None = None
         self._last_seen = trio.current_time()
         self._errors: deque[float] = deque()
+        self._rooms: RoomLink | None = None
 
     def close(self, code: int, reason: str) -> None:
         """End the connection with ``code``; the first caller wins. Never blocks."""
@@ -154,6 +157,15 @@ class NativeConnection:
         self._outbox = send
         device = Device(send, self.close)
         hub = self._state.hub
+        rooms = self._rooms = RoomLink(
+            self._state,
+            user,
+            self._address,
+            send,
+            error=self._error,
+            count_error=self._count_error,
+            evict=self.close,
+        )
         expires_in = user.expires_at - time.time()
         try:
             async with trio.open_nursery() as nursery:
@@ -171,6 +183,7 @@ class NativeConnection:
                     self.close(CLOSE_TOKEN_EXPIRED, "token expired")
                 nursery.cancel_scope.cancel()
         finally:
+            rooms.close()
             hub.detach(user.id, device)
 
     async def _receive_hello(self) -> dict[str, Any] | None:
@@ -280,6 +293,10 @@ class NativeConnection:
             frame["id"] = request_id
         frame.update(status=status, message=message, **extra)
         self.push(_dumps(frame))
+        self._count_error(status)
+
+    def _count_error(self, status: int) -> None:
+        """Malformed frames (400) count toward ``WS_MAX_ERRORS`` per 10 s; never blocks."""
         if status == 400:
             now = trio.current_time()
             self._errors.append(now)
@@ -316,6 +333,9 @@ class NativeConnection:
             return
         if kind == "hello":
             raise ProtocolError("Already authenticated: hello is only the first message.")
+        if is_room_message(kind) and self._rooms is not None:  # watch parties: ws_rooms.py
+            await self._rooms.handle(message)
+            return
         operation = OPERATIONS.get(kind)
         if operation is None:
             raise ProtocolError(f"Unknown message type {kind!r}."[:200])
