@@ -1,23 +1,22 @@
-"""Close the connection after answering a request whose body was not read to the end.
+"""Finish reading a request's body before answering it early.
 
 A route may answer before it has read the request body: a 401, 403 or 429 decided from the
 headers, a 413 for a body over the limit, an Engine.IO error for an unknown sid. On a keep-alive
-HTTP/1.1 connection the rest of that body is still on its way, and Hypercorn could then neither
+HTTP/1.1 connection the rest of that body is still on its way, and Hypercorn then could neither
 parse the next request nor close: the client's next request on that connection hung (seen with
-a 200 KB POST followed by a GET). The fix is the one HTTP prescribes: answer with
-``Connection: close``, so the client opens a fresh connection for its next request.
+a 200 KB POST followed by a GET).
 
 :class:`CloseOnUnreadBody` is the outermost ASGI layer. It watches the request's ``receive``
-stream; when a response starts before the last body chunk has arrived, it adds
-``connection: close`` and reads and drops the rest of the body beside the application (at most
-``DRAIN_BYTES`` within ``DRAIN_SECONDS``), so Hypercorn can finish the exchange and close.
-Requests without a body, and bodies read completely (every successful write), keep their
-connection.
+stream; when a response starts before the last body chunk has arrived, it first reads and drops
+the rest of the body (at most ``DRAIN_BYTES`` within ``DRAIN_SECONDS``), so the exchange ends
+cleanly and the connection stays usable; a body too big or too slow for that gets the answer with
+``Connection: close`` instead, as HTTP prescribes. Requests without a body, and bodies read
+completely (every successful write), pass through untouched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import trio
 from hypercorn.typing import (
@@ -54,37 +53,41 @@ class CloseOnUnreadBody:
             await self._app(scope, receive, send)
             return
         complete = False
+        draining: trio.CancelScope | None = None
 
         async def tracked_receive() -> ASGIReceiveEvent:
             nonlocal complete
             message = await receive()
             if message["type"] != "http.request" or not message.get("more_body", False):
                 complete = True  # the last chunk, or the client went away
+                if draining is not None:  # the application's reader took the last chunk
+                    draining.cancel()
             return message
 
-        async with trio.open_nursery() as nursery:
-
-            async def guarded_send(message: ASGISendEvent) -> None:
-                if message["type"] == "http.response.start" and not complete:
+        async def guarded_send(message: ASGISendEvent) -> None:
+            nonlocal draining
+            if message["type"] == "http.response.start" and not complete:
+                # Answering early: take in the rest of the body first, so the exchange ends
+                # cleanly and the connection can carry the next request. A body too big or too
+                # slow to drain gets the connection closed instead.
+                draining = trio.CancelScope(deadline=trio.current_time() + DRAIN_SECONDS)
+                with draining:
+                    await _drain(tracked_receive)
+                draining = None
+                if not complete:
                     headers = [*message["headers"], _CLOSE]
                     message = {**message, "headers": headers}  # type: ignore[typeddict-item]
-                    # Read the rest now, beside the application: Hypercorn's queue towards the
-                    # application is bounded, and a full one would stall the response itself.
-                    nursery.start_soon(_drain, tracked_receive, lambda: complete)
-                await send(message)
+            await send(message)
 
-            await self._app(scope, tracked_receive, guarded_send)
+        await self._app(scope, tracked_receive, guarded_send)
 
 
-async def _drain(receive: ASGIReceiveCallable, complete: Callable[[], bool]) -> None:
-    """Read and drop the rest of the body (bounded), so Hypercorn can finish and close."""
+async def _drain(receive: ASGIReceiveCallable) -> None:
+    """Read and drop the rest of the body, at most ``DRAIN_BYTES`` of it."""
     dropped = 0
-    with trio.move_on_after(DRAIN_SECONDS):
-        while dropped <= DRAIN_BYTES and not complete():
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            body = message.get("body", b"")
-            dropped += len(body) if isinstance(body, bytes) else 0
-            if not message.get("more_body", False):
-                return
+    while dropped <= DRAIN_BYTES:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+        body = message.get("body", b"")
+        dropped += len(body) if isinstance(body, bytes) else 0
