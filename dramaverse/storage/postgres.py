@@ -38,7 +38,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from importlib import resources
 from typing import Any, Literal, NoReturn, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -66,6 +65,7 @@ from dramaverse.errors import (
     UsernameTaken,
 )
 from dramaverse.storage.base import CatalogRow, ImportResult, Library, UserRecord, WriteResult
+from dramaverse.storage.migrations import bundled
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,7 +74,6 @@ Connection = Any  # asyncpg ships no type information
 Job = Callable[[Connection], Awaitable[T]]
 Transaction = Literal["write", "snapshot", "none"]
 
-_MIGRATIONS_PACKAGE = "dramaverse.storage.migrations.postgres"
 # Migrations of one schema from several processes at once take turns on this advisory lock.
 _MIGRATION_LOCK = "dramaverse.migrate:"
 IMPORT_CHUNK = 1000
@@ -87,13 +86,7 @@ IDLE_LIFETIME = 300.0
 
 def migration_files() -> list[tuple[int, str, str]]:
     """(version, name, sql) of every bundled PostgreSQL migration, in order."""
-    found = []
-    for entry in resources.files(_MIGRATIONS_PACKAGE).iterdir():
-        if entry.name.endswith(".sql"):
-            version = int(entry.name.split("_", 1)[0])
-            found.append((version, entry.name.removesuffix(".sql"), entry.read_text("utf-8")))
-    found.sort()
-    return found
+    return bundled("postgres")
 
 
 def describe_url(url: str) -> str:

@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -35,12 +34,12 @@ from dramaverse.domain.library import (
 )
 from dramaverse.errors import Conflict, NotFound, StorageUnavailable, Unauthorized, UsernameTaken
 from dramaverse.storage.base import CatalogRow, ImportResult, Library, UserRecord, WriteResult
+from dramaverse.storage.migrations import bundled
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ProgressFn = Callable[[int, int], None]
 
-_MIGRATIONS_PACKAGE = "dramaverse.storage.migrations.sqlite"
 _BUSY_TIMEOUT_MS = 5000
 _MAX_BATCH = 256  # writes per group-commit transaction
 
@@ -61,13 +60,7 @@ def _batch_failure(exc: Exception) -> Exception:
 
 def migration_files() -> list[tuple[int, str, str]]:
     """(version, name, sql) of every bundled migration, in order."""
-    found = []
-    for entry in resources.files(_MIGRATIONS_PACKAGE).iterdir():
-        if entry.name.endswith(".sql"):
-            version = int(entry.name.split("_", 1)[0])
-            found.append((version, entry.name.removesuffix(".sql"), entry.read_text("utf-8")))
-    found.sort()
-    return found
+    return bundled("sqlite")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
