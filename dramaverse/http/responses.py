@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import parse_qsl
 
 from quart import Response, request
 
@@ -49,6 +50,21 @@ async def read_json_body() -> Any:
     data = await request.get_data(as_text=False)
     assert isinstance(data, bytes)
     return parse_json_body(data, request.mimetype)
+
+
+MAX_QUERY_FIELDS = 32
+
+
+def query_pairs(limit: int = MAX_QUERY_FIELDS) -> list[tuple[str, str]]:
+    """The request's query string as (name, value) pairs; more than ``limit`` is a 400."""
+    try:
+        return parse_qsl(
+            request.query_string.decode("ascii", "replace"),
+            keep_blank_values=True,
+            max_num_fields=limit,
+        )
+    except ValueError:
+        raise BadRequest(f"Too many query parameters (at most {limit}).") from None
 
 
 def mimetype_of(content_type: str | None) -> str:

@@ -22,14 +22,19 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
 
 from quart import Blueprint, Response, g, request
 
 from dramaverse.domain.library import is_js_number
 from dramaverse.errors import BadRequest, NotFound, TooManyRequests, Unauthorized
 from dramaverse.http.auth import AuthUser, js_length
-from dramaverse.http.responses import dumps, json_response, raw_json_response, read_json_body
+from dramaverse.http.responses import (
+    dumps,
+    json_response,
+    query_pairs,
+    raw_json_response,
+    read_json_body,
+)
 from dramaverse.http.security import minutes_phrase
 from dramaverse.http.state import AppState, app_state
 
@@ -204,14 +209,7 @@ def parse_report(body: object) -> PlayerReport:
 
 def _query() -> tuple[str, str | None]:
     """(roomCode, userId or None) from the query string, validated."""
-    try:
-        pairs = parse_qsl(
-            request.query_string.decode("ascii", "replace"),
-            keep_blank_values=True,
-            max_num_fields=MAX_QUERY_FIELDS,
-        )
-    except ValueError:
-        raise BadRequest(f"Too many query parameters (at most {MAX_QUERY_FIELDS}).") from None
+    pairs = query_pairs(MAX_QUERY_FIELDS)
     values: dict[str, str] = {}
     for name, value in pairs:
         if name in ("roomCode", "userId"):
