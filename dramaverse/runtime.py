@@ -1,9 +1,10 @@
 """Composition root: opens everything in order inside one root nursery, and closes it backwards.
 
 Order: the trio-asyncio loop (the only one in the process), storage (migrated), the broker, the
-session hub, the watch-party rooms (restored from their snapshots), the catalog keeper and the
-event-log pruner, the Socket.IO sessions (and, in a worker of ``serve --workers N``, the router
-that relays other workers' sessions), then Hypercorn serving the app.
+session hub, the watch-party rooms (restored from their snapshots under their leases, relayed to
+and from other processes), the catalog keeper and the event-log pruner, the Socket.IO sessions
+(and, in a worker of ``serve --workers N``, the router that relays other workers' sessions), then
+Hypercorn serving the app.
 
 Shutdown (SIGINT/SIGTERM or ``handle.stop()``): Hypercorn stops accepting, every WebSocket is
 closed with 1001 (reconnect), requests in flight get ``shutdown_grace_seconds`` to finish, and
@@ -26,7 +27,7 @@ from hypercorn.typing import ASGIFramework
 
 from dramaverse.actors.catalog import CatalogKeeper
 from dramaverse.actors.hub import open_hub, run_event_pruner
-from dramaverse.actors.room_snapshots import open_watch_parties
+from dramaverse.actors.room_cluster import open_room_cluster
 from dramaverse.broker import open_broker
 from dramaverse.config import Settings
 from dramaverse.http import compression, send_coalescing
@@ -86,13 +87,17 @@ async def serve(
         open_broker(settings) as broker,
         trio.open_nursery() as nursery,
         open_hub(storage, broker, settings) as hub,
-        open_watch_parties(storage, settings, stop_recording=shutdown) as (rooms, snapshots),
+        open_room_cluster(
+            storage, broker, settings, shared=bool(settings.redis_url), stop_recording=shutdown
+        ) as rooms,
     ):
         keeper = CatalogKeeper(storage, settings.catalog_poll_seconds)
         await nursery.start(keeper.run)
         state = AppState.build(settings, storage, keeper, broker, hub, shutdown)
-        state.rooms, state.room_snapshots = rooms, snapshots  # watch parties, restored
-        state.room_host_lookup = room_host_lookup(rooms)
+        state.rooms, state.room_snapshots = rooms.registry, rooms.writer  # restored
+        state.room_cluster = rooms  # owned here by lease, or relayed (docs/watch-parties.md)
+        shared_storage = storage if rooms.shared else None  # other processes' rooms: snapshots
+        state.room_host_lookup = room_host_lookup(rooms.registry, shared_storage)
         await nursery.start(partial(run_event_pruner, storage, settings, clock_ms=state.clock_ms))
         app = create_app(state)
         await nursery.start(engine_server(app).run)  # Socket.IO sessions; closed on shutdown

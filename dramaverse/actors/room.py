@@ -16,8 +16,11 @@ Resource handling: the registry owns the nursery every room actor runs in (``ope
 leaving it cancels them all. Each actor owns its inbox's receive side; the inbox's send side
 lives on the actor and is shared by every caller (they only ever send on it). The actor stops by
 itself once the room has had no member for ``empty_grace`` seconds, forgets its peers (marking
-them gone) and tells the registry through ``on_exit``. Room actors are temporary: a crashed one
-is logged, not restarted; its members rejoin (or the room is restored from its last snapshot).
+them gone) and tells the registry through ``on_exit``. ``abandon()`` stops it at once without
+ending the room (its lease was lost and another process restores it: ``room_cluster.py``): the
+peers are left alone for their connections to follow the room, and ``on_end`` is not called.
+Room actors are temporary: a crashed one is logged, not restarted; its members rejoin (or the
+room is restored from its last snapshot).
 
 Error handling: a refused command raises inside the pure room before anything changed; the actor
 answers the sender with an ``error`` frame (or raises it to an awaiting ``request``) and carries
@@ -32,7 +35,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import trio
 
@@ -105,6 +108,14 @@ class RoomGone(ServiceUnavailable):
     """The room actor stopped before the request could be handled; join again."""
 
 
+class Outbox(Protocol):
+    """Where a peer's frames go: a connection's bounded ``trio.MemorySendChannel[str]``, or a
+    relay to another process (``room_relay.py``). ``send_nowait`` raises ``trio.WouldBlock``
+    when full and ``trio.BrokenResourceError``/``ClosedResourceError`` when gone."""
+
+    def send_nowait(self, value: str) -> None: ...
+
+
 @dataclass(eq=False)
 class RoomPeer:
     """One connection of a member as the room sees it.
@@ -117,7 +128,7 @@ class RoomPeer:
     that the connection ended.
     """
 
-    outbox: trio.MemorySendChannel[str]
+    outbox: Outbox
     evict: Callable[[int, str], None] = lambda code, reason: None
     render: Callable[[dict[str, Any]], str] = render_json
     on_error: Callable[[int], None] = lambda status: None
@@ -249,6 +260,8 @@ class RoomActor:
         self._empty_since: float | None = clock.now() if room.empty else None
         self._gone_peers = False  # a disconnect could not be queued: sweep for gone peers
         self._in_flight: Reply[Any] | None = None
+        self._scope = trio.CancelScope()
+        self.abandoned = False  # stopped by abandon(): the room lives on in another process
 
     # --- the API used by connections (and the registry) ----------------------------------
 
@@ -299,6 +312,14 @@ class RoomActor:
     async def snapshot(self) -> dict[str, Any]:
         return await self.call(lambda room, now: room.snapshot())
 
+    def abandon(self) -> None:
+        """Stop at once without ending the room (its lease was lost: another process runs it).
+
+        Never blocks. The peers are not marked gone (their connections follow the room to its
+        new owner) and the registry does not call ``on_end`` (the snapshot must stay)."""
+        self.abandoned = True
+        self._scope.cancel()
+
     async def _send(self, message: Message) -> None:
         try:
             await self.inbox.send(message)
@@ -310,7 +331,8 @@ class RoomActor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         try:
-            await self._loop()
+            with self._scope:
+                await self._loop()
         finally:
             self._on_exit(self)
             gone = RoomGone(f"Room {self.code} is closed; join again.")
@@ -325,8 +347,9 @@ class RoomActor:
                 if reply is not None:
                     reply.fail(gone)
             self._receive.close()  # later senders get RoomGone
-            for peer in self.peers.values():
-                peer.gone = True
+            if not self.abandoned:
+                for peer in self.peers.values():
+                    peer.gone = True
             self.stopped.set()
 
     async def _loop(self) -> None:
@@ -498,14 +521,14 @@ class RoomRegistry:
         *,
         control: Control = Control.HOST,
         wait_for_joiners: bool = False,
+        code: str | None = None,
     ) -> RoomActor:
-        """A new room with ``creator`` as host (who then joins with a peer)."""
-        for _ in range(100):
-            code = new_room_code()
-            if code not in self.rooms and not self._taken(code):
-                break
-        else:  # 8.5e11 codes: only a broken ``taken`` gets here
-            raise ServiceUnavailable("No free room code; try again.")
+        """A new room with ``creator`` as host (who then joins with a peer), under ``code``
+        (from :meth:`new_code`, claimed by the caller) or a fresh one."""
+        if code is None:
+            code = self.new_code()
+        elif code in self.rooms:
+            raise BadRequest(f"Room {code} is already running here.")
         room = Room.create(
             code,
             self.config,
@@ -516,6 +539,15 @@ class RoomRegistry:
             wait_for_joiners=wait_for_joiners,
         )
         return await self._start(room)
+
+    def new_code(self) -> str:
+        """An unused code: not running here, not vetoed by ``taken``."""
+        for _ in range(100):
+            code = new_room_code()
+            if code not in self.rooms and not self._taken(code):
+                return code
+        # 8.5e11 codes: only a broken ``taken`` gets here
+        raise ServiceUnavailable("No free room code; try again.")
 
     async def restore(self, snapshot: dict[str, Any]) -> RoomActor:
         """Start the actor of a room from its snapshot (after a restart or a lease takeover)."""
@@ -557,7 +589,8 @@ class RoomRegistry:
             await actor.run(task_status=task_status)
         except Exception:
             log.exception("room actor %s crashed", actor.code)
-        self._on_end(actor.code)  # not reached when cancelled
+        if not actor.abandoned:  # moved to another process: its snapshot must stay
+            self._on_end(actor.code)  # not reached when cancelled
 
     def close(self) -> None:
         """Stop every room actor."""

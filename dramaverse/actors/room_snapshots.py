@@ -119,6 +119,18 @@ class SnapshotWriter:
         """Whether a new room must not get ``code`` (a stored snapshot has it)."""
         return code in self.stored
 
+    def forget(self, code: str) -> None:
+        """Drop what is pending for ``code`` (a write in flight still lands): this process no
+        longer owns the room, and the next owner's snapshots must not be overwritten."""
+        self._pending.pop(code, None)
+        self._missed.discard(code)
+        self._progress.unpark_all()
+
+    async def settled(self, code: str) -> None:
+        """Wait until nothing is pending or being written for ``code``."""
+        while code in self._pending or code in self._in_flight:
+            await self._progress.park()
+
     # --- the writer tasks ---------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -259,11 +271,13 @@ async def open_watch_parties(
     *,
     stop_recording: trio.Event | None = None,
     clock: ServerClock | None = None,
+    restore: bool | None = None,
 ) -> AsyncIterator[tuple[RoomRegistry, SnapshotWriter]]:
     """The room registry with its snapshot writer and refresher, rooms restored from storage.
 
-    Restores only in a single process (``worker_id`` unset): with several workers a room lives
-    in the worker that created it, and restoring every room in every worker would run copies.
+    ``restore`` defaults to restoring only in a single process (``worker_id`` unset): restoring
+    every room in every worker would run copies. The room cluster (``room_cluster.py``) passes
+    False and restores each room under its lease instead.
 
     Resource handling: owns a nursery with the writer and the refresher, around the registry's
     own; leaving stops the rooms first, then the writer (which writes what is pending).
@@ -276,7 +290,9 @@ async def open_watch_parties(
             settings, clock=clock, on_change=writer.offer, on_end=writer.ended, taken=writer.taken
         ) as registry:
             retention = float(settings.room_snapshot_retention_seconds)
-            if settings.worker_id is None:
+            if restore is None:
+                restore = settings.worker_id is None
+            if restore:
                 await restore_rooms(registry, storage, writer, retention)
             await nursery.start(writer.refresh, registry, retention)
             yield registry, writer

@@ -13,6 +13,7 @@ from quart import current_app
 from dramaverse.actors.catalog import CatalogKeeper
 from dramaverse.actors.hub import SessionHub
 from dramaverse.actors.room import RoomRegistry
+from dramaverse.actors.room_cluster import RoomCluster
 from dramaverse.actors.room_snapshots import SnapshotWriter
 from dramaverse.broker.base import Broker
 from dramaverse.config import Settings
@@ -57,6 +58,8 @@ class AppState:
     # them; None where no registry runs, and the room verbs then answer 503).
     rooms: RoomRegistry | None = None
     room_snapshots: SnapshotWriter | None = None
+    # Ownership and relaying of rooms across processes (the room verbs go through it).
+    room_cluster: RoomCluster | None = None
 
     @classmethod
     def build(

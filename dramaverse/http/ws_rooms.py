@@ -2,17 +2,19 @@
 
 A :class:`RoomLink` is one connection's part in the rooms it joined. The native connection
 hands it every frame whose type starts with ``room.`` or ``clock.``; the link creates and joins
-rooms through the registry and forwards the other commands to the room actor, which answers
-(``ack``/``error``) and broadcasts through the connection's own outbox. So a connection's room
-frames and library events share one ordered queue and one slow-consumer rule: a full outbox
-closes the whole connection with 4001, whoever filled it.
+rooms through the room cluster (``actors/room_cluster.py``) and forwards the other commands to
+the room's route: the room actor when the room runs in this process, its owner through the
+broker otherwise. The room answers (``ack``/``error``) and broadcasts through the connection's
+own outbox either way. So a connection's room frames and library events share one ordered
+queue and one slow-consumer rule: a full outbox closes the whole connection with 4001, whoever
+filled it.
 
 Identity: a member is the *user* (its id as a string), named by its username unless the client
 gives a display name. A second connection of the same user joining the same room replaces the
 first one there (which gets ``room.left`` with ``reason: "replaced"``), so one person counts once
 and keeps its role when it moves from one device to another.
 
-Resource handling: the link remembers, per room, the actor and the peer it joined with; the
+Resource handling: the link remembers, per room, the route and the peer it joined with; the
 connection calls :meth:`RoomLink.close` whatever ended it, which tells each room (never
 blocking) that this connection is gone. Membership and role then wait out the reconnect grace.
 
@@ -30,7 +32,9 @@ from typing import Any
 
 import trio
 
-from dramaverse.actors.room import RoomActor, RoomGone, RoomPeer, RoomRegistry, render_json
+from dramaverse.actors.room import RoomGone, RoomPeer, RoomRegistry, render_json
+from dramaverse.actors.room_cluster import RoomCluster
+from dramaverse.actors.room_routes import RoomRoute
 from dramaverse.domain.rooms import (
     HANDLERS,
     MAX_NAME_LENGTH,
@@ -50,6 +54,7 @@ from dramaverse.errors import (
 from dramaverse.http.auth import AuthUser
 from dramaverse.http.security import minutes_phrase
 from dramaverse.http.state import AppState, RoomHostLookup
+from dramaverse.storage.base import Storage
 
 MAX_ROOMS_PER_CONNECTION = 4
 MAX_REQUEST_ID_LENGTH = 64
@@ -61,18 +66,30 @@ def is_room_message(kind: str) -> bool:
     return kind.startswith(("room.", "clock."))
 
 
-def room_host_lookup(registry: RoomRegistry) -> RoomHostLookup:
-    """``AppState.room_host_lookup`` backed by this process's rooms.
+def room_host_lookup(registry: RoomRegistry, storage: Storage | None = None) -> RoomHostLookup:
+    """``AppState.room_host_lookup`` backed by this process's rooms (and, with ``storage``, by
+    the stored snapshots of rooms that run in other processes).
 
-    True iff the room lives here and its host is that user. It reads the room's ``host``
-    directly instead of asking the actor: one attribute read, atomic between trio checkpoints,
-    so the HTTP request never waits behind a busy room. A malformed code raises BadRequest, which
-    the caller takes as False.
+    True iff the room's host is that user. For a room that lives here it reads the room's
+    ``host`` directly instead of asking the actor: one attribute read, atomic between trio
+    checkpoints, so the HTTP request never waits behind a busy room. For any other room it reads
+    the room's latest snapshot (written within moments of every change by its owner), when
+    ``storage`` is given (several processes). A malformed code raises BadRequest, which the
+    caller takes as False.
     """
 
     async def is_host(room_code: str, user_id: int) -> bool:
         actor = registry.find(room_code)
-        return actor is not None and actor.room.host == str(user_id)
+        if actor is not None:
+            return actor.room.host == str(user_id)
+        if storage is None:
+            return False
+        text = await storage.load_room_snapshot(normalize_room_code(room_code))
+        try:
+            host = json.loads(text)["host"] if text is not None else None
+        except (ValueError, TypeError, KeyError):
+            return False
+        return isinstance(host, str) and host == str(user_id)
 
     return is_host
 
@@ -115,7 +132,7 @@ class RoomLink:
         count_error: Callable[[int], None],
         evict: Callable[[int, str], None],
     ) -> None:
-        self._registry = state.rooms
+        self._cluster = state.room_cluster
         self._limiter = state.user_limiter
         self._address = address
         self._member = str(user.id)
@@ -124,7 +141,7 @@ class RoomLink:
         self._error = error
         self._count_error = count_error
         self._evict = evict
-        self.joined: dict[str, tuple[RoomActor, RoomPeer]] = {}
+        self.joined: dict[str, tuple[RoomRoute, RoomPeer]] = {}
 
     async def handle(self, message: dict[str, Any]) -> None:
         """Act on one room frame (its ``type`` is a string); answer refusals with an error."""
@@ -150,16 +167,16 @@ class RoomLink:
 
     def close(self) -> None:
         """The connection ended: tell every joined room. Never blocks."""
-        for actor, peer in self.joined.values():
-            actor.disconnect(self._member, peer)
+        for route, peer in self.joined.values():
+            route.disconnect(self._member, peer)
         self.joined.clear()
 
     # --- verbs ---------------------------------------------------------------------------
 
-    def _rooms(self) -> RoomRegistry:
-        if self._registry is None:
+    def _rooms(self) -> RoomCluster:
+        if self._cluster is None:
             raise ServiceUnavailable("Watch parties are not available on this server.")
-        return self._registry
+        return self._cluster
 
     async def _create(self, data: object, request_id: object) -> None:
         fields = _fields("room.create", data, ("name", "control", "waitForJoiners"))
@@ -170,13 +187,13 @@ class RoomLink:
         wait = fields.get("waitForJoiners", False)
         if not isinstance(wait, bool):
             raise BadRequest("waitForJoiners must be true or false.")
-        registry = self._rooms()
+        cluster = self._rooms()
         self._check_capacity()
         self._spend()
-        actor = await registry.create(
+        route = await cluster.create(
             self._member, name, control=Control(control), wait_for_joiners=wait
         )
-        await self._attach(actor, name, request_id)
+        await self._attach(route, name, request_id)
 
     async def _join(self, data: object, request_id: object) -> None:
         fields = _fields("room.join", data, ("code", "name"))
@@ -184,51 +201,51 @@ class RoomLink:
             raise BadRequest("room.join needs data.code, the room's code.")
         code = normalize_room_code(fields["code"])
         name = self._display_name(fields)
-        registry = self._rooms()
+        cluster = self._rooms()
         entry = self._entry(code)
         if entry is not None:
             raise Conflict(f"You are already in room {code} on this connection.")
         self._check_capacity()
         self._spend()
-        await self._attach(registry.get(code), name, request_id)
+        await self._attach(await cluster.locate(code), name, request_id)
 
     async def _command(self, kind: str, message: Mapping[str, Any], request_id: object) -> None:
         raw = message.get("room")
         if raw is None:
             raise BadRequest(f"{kind} needs 'room', the code of a room you joined.")
         code = normalize_room_code(raw)
-        registry = self._rooms()
+        cluster = self._rooms()
         entry = self._entry(code)
         if entry is None:
-            if registry.find(code) is None:
+            if cluster.find(code) is None:
                 raise NotFound(f"Room {code} not found.")
             raise Forbidden(f"You are not in room {code}: join it first.")
-        actor, peer = entry
+        route, peer = entry
         if kind == "room.leave":
-            del self.joined[code]  # the actor still answers through the peer
+            del self.joined[code]  # the room still answers through the peer
         try:
-            await actor.submit(self._member, kind, message.get("data"), request_id, peer=peer)
+            await route.submit(self._member, kind, message.get("data"), request_id, peer=peer)
         except RoomGone:
             self.joined.pop(code, None)
             raise
 
     # --- helpers -------------------------------------------------------------------------
 
-    async def _attach(self, actor: RoomActor, name: str, request_id: object) -> None:
-        """Join ``actor`` with a peer on this connection's outbox; ack with the room's code.
+    async def _attach(self, route: RoomRoute, name: str, request_id: object) -> None:
+        """Join ``route``'s room with a peer on this connection's outbox; ack with its code.
 
         The peer is remembered before the join is sent, so a connection that ends while it
         waits still disconnects it."""
         peer = RoomPeer(self._outbox, self._evict, render_json, self._count_error)
-        self.joined[actor.code] = (actor, peer)
+        self.joined[route.code] = (route, peer)
         try:
-            await actor.join(self._member, name, peer)
+            await route.join(self._member, name, peer)
         except BaseException:
-            self.joined.pop(actor.code, None)
-            actor.disconnect(self._member, peer)  # a no-op unless the join went through
+            self.joined.pop(route.code, None)
+            route.disconnect(self._member, peer)  # a no-op unless the join went through
             raise
         if request_id is not None:
-            ack = {"type": "ack", "id": request_id, "result": {"room": actor.code}}
+            ack = {"type": "ack", "id": request_id, "result": {"room": route.code}}
             self._push(json.dumps(ack, ensure_ascii=False, separators=(",", ":")))
 
     def _push(self, frame: str) -> None:
@@ -239,11 +256,12 @@ class RoomLink:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the connection is ending
 
-    def _entry(self, code: str) -> tuple[RoomActor, RoomPeer] | None:
+    def _entry(self, code: str) -> tuple[RoomRoute, RoomPeer] | None:
         """This connection's membership of ``code``, unless another connection replaced it."""
         entry = self.joined.get(code)
         if entry is not None and (entry[1].gone or entry[0].stopped.is_set()):
             del self.joined[code]
+            entry[0].forget(entry[1])
             return None
         return entry
 

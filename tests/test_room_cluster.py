@@ -1,0 +1,452 @@
+"""Rooms across processes, in one test process: two room clusters share one broker and one store.
+
+Each :class:`Proc` is what one worker runs (``open_room_cluster`` with ``shared=True``: its own
+registry, snapshot writer, relay and node id) and can be "killed" (cancelled, its lease left
+behind). The in-process broker grants each lease to one holder, like Redis, and
+``break_lease`` stands for a lease that expired; the same flows run over the real Redis at the
+end, and across real worker processes in ``test_rooms_workers.py``. Connections are bare
+:class:`RoomPeer`s on memory channels. Timings are short (beats of 50 ms) on the real clock, as
+SQLite runs in threads; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+import trio_asyncio
+
+from dramaverse.actors.room import RoomGone, RoomPeer, open_rooms, render_json
+from dramaverse.actors.room_cluster import RoomCluster, open_room_cluster
+from dramaverse.actors.room_relay import CLOSE_SLOW, RelayOutbox, Sender, decode, node_topic
+from dramaverse.actors.room_routes import RoomRoute
+from dramaverse.broker.base import Broker
+from dramaverse.broker.memory import MemoryBroker
+from dramaverse.broker.redis import open_redis_broker
+from dramaverse.config import Settings
+from dramaverse.domain.rooms import Control
+from dramaverse.errors import BadRequest, NotFound, ServiceUnavailable
+from dramaverse.http.ws_rooms import room_host_lookup
+from dramaverse.storage import open_storage
+from dramaverse.storage.base import Storage
+from tests.conftest import make_settings
+from tests.services import require_redis
+from tests.test_broker_contract import RawRedis, unique_prefix
+
+MOVIE = {"tmdbId": 27205, "type": "movie", "title": "Inception", "duration": 8880}
+OPTIONS: dict[str, Any] = {
+    "lease_ttl_ms": 400,
+    "beat": 0.05,
+    "silence": 0.15,
+    "join_timeout": 2.0,
+    "relay_timeout": 0.3,
+}
+
+
+class Device:
+    """One connection as the room sees it: a bounded outbox this test reads."""
+
+    def __init__(self, name: str, size: int = 512) -> None:
+        self.name = name
+        self.send, self.receive = trio.open_memory_channel[str](size)
+        self.closed: list[tuple[int, str]] = []
+        self.errors: list[int] = []
+        self.peer = self.new_peer()
+        self.ids = 0
+
+    def new_peer(self) -> RoomPeer:
+        def evict(code: int, reason: str) -> None:
+            self.closed.append((code, reason))
+
+        self.peer = RoomPeer(self.send, evict, render_json, self.errors.append)
+        return self.peer
+
+    async def next(self) -> dict[str, Any]:
+        with trio.fail_after(10):
+            frame: dict[str, Any] = json.loads(await self.receive.receive())
+        return frame
+
+    async def expect(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """The next frame of ``kind`` whose fields match; others are skipped."""
+        with trio.fail_after(15):
+            while True:
+                frame = await self.next()
+                if frame["type"] == kind and all(frame.get(k) == v for k, v in fields.items()):
+                    return frame
+
+    async def call(self, route: RoomRoute, member: str, kind: str, data: Any = None) -> Any:
+        """Send a command with an id and return its answer frame (ack or error)."""
+        self.ids += 1
+        request_id = f"{self.name}-{self.ids}"
+        await route.submit(member, kind, data, request_id, peer=self.peer)
+        with trio.fail_after(15):
+            while True:
+                frame = await self.next()
+                if frame["type"] in ("ack", "error") and frame.get("id") == request_id:
+                    return frame
+
+    async def ok(self, route: RoomRoute, member: str, kind: str, data: Any = None) -> Any:
+        answer = await self.call(route, member, kind, data)
+        assert answer["type"] == "ack", answer
+        return answer["result"]
+
+
+class Proc:
+    """One simulated worker: a room cluster that can be killed."""
+
+    def __init__(self, cluster: RoomCluster, scope: trio.CancelScope) -> None:
+        self.cluster = cluster
+        self.scope = scope
+
+    def kill(self) -> None:
+        self.scope.cancel()
+
+
+async def _run_proc(
+    storage: Storage,
+    broker: Broker,
+    settings: Settings,
+    options: dict[str, Any],
+    *,
+    task_status: trio.TaskStatus[Proc],
+) -> None:
+    with trio.CancelScope() as scope:
+        async with open_room_cluster(storage, broker, settings, shared=True, **options) as cluster:
+            task_status.started(Proc(cluster, scope))
+            await trio.sleep_forever()
+
+
+@asynccontextmanager
+async def procs(
+    tmp_path: Path, broker: Broker | None = None, count: int = 2, **overrides: Any
+) -> AsyncIterator[tuple[list[Proc], Broker, Storage]]:
+    settings = make_settings(tmp_path, watch_lead_min_seconds=0.1)
+    broker = broker or MemoryBroker()
+    async with open_storage(settings) as storage, trio.open_nursery() as nursery:
+        started = [
+            await nursery.start(_run_proc, storage, broker, settings, OPTIONS | overrides)
+            for _ in range(count)
+        ]
+        yield started, broker, storage
+        nursery.cancel_scope.cancel()
+
+
+async def create(proc: Proc, device: Device, member: str = "1") -> tuple[str, RoomRoute]:
+    route = await proc.cluster.create(
+        member, device.name, control=Control.HOST, wait_for_joiners=False
+    )
+    await route.join(member, device.name, device.peer)
+    await device.expect("room.welcome")
+    return route.code, route
+
+
+async def join(proc: Proc, code: str, device: Device, member: str) -> RoomRoute:
+    route = await proc.cluster.locate(code)
+    await route.join(member, device.name, device.peer)
+    return route
+
+
+async def playing_party(a: Proc, b: Proc) -> tuple[str, dict[str, Any], list[Any]]:
+    """Alice creates a room on ``a``, Bob joins through ``b``; they play a movie."""
+    alice, bob = Device("alice"), Device("bob")
+    code, route_a = await create(a, alice)
+    route_b = await join(b, code, bob, "2")
+    assert route_b.actor is None  # relayed: the room runs in a
+    welcome = await bob.expect("room.welcome")
+    assert [m["id"] for m in welcome["members"]] == ["1", "2"]
+    await alice.expect("room.members")  # bob arrived
+    await alice.ok(route_a, "1", "room.content", {"content": MOVIE})
+    assert await bob.ok(route_b, "2", "room.status", {"state": "ready"}) == {"status": "ready"}
+    await alice.ok(route_a, "1", "room.status", {"state": "ready"})
+    assert (await alice.ok(route_a, "1", "room.play"))["phase"] == "waiting"
+    waiting = [await d.expect("room.state", phase="waiting") for d in (alice, bob)]
+    assert waiting[0] == waiting[1]
+    assert waiting[0]["startAt"] is not None
+    states = [await d.expect("room.state", phase="playing") for d in (alice, bob)]
+    assert states[0] == states[1]
+    return code, states[0], [alice, bob, route_a, route_b]
+
+
+async def eventually(condition: Callable[[], bool], within: float = 10) -> None:
+    """Until ``condition()``: the clusters' state changes in their own tasks, on timers."""
+    with trio.fail_after(within):
+        while not condition():  # noqa: ASYNC110 (nothing to wait on but the timers)
+            await trio.sleep(0.02)
+
+
+# --- relaying ------------------------------------------------------------------------------
+
+
+async def test_a_member_on_another_process_is_relayed_to_the_owner(tmp_path: Path) -> None:
+    async with procs(tmp_path) as ([a, b], _broker, storage):
+        code, _state, (alice, bob, route_a, route_b) = await playing_party(a, b)
+
+        # Chat both ways; the owner's answer to a relayed command comes back as an ack.
+        assert (await bob.ok(route_b, "2", "room.chat", {"text": "hi from b"}))["id"] == 1
+        for device in (alice, bob):
+            assert (await device.expect("room.chat"))["text"] == "hi from b"
+        await alice.ok(route_a, "1", "room.chat", {"text": "hi from a"})
+        assert (await bob.expect("room.chat"))["text"] == "hi from a"
+
+        # A refusal is relayed as an error frame and counts for bob's connection.
+        answer = await bob.call(route_b, "2", "room.pause")
+        assert (answer["type"], answer["status"]) == ("error", 403)
+        assert bob.errors == [403]
+
+        # The host pauses and seeks: bob gets the same states.
+        await alice.ok(route_a, "1", "room.pause")
+        paused = [await d.expect("room.state", phase="paused") for d in (alice, bob)]
+        assert paused[0] == paused[1]
+        await alice.ok(route_a, "1", "room.seek", {"position": 600})
+        seeked = [await d.expect("room.state", position=600) for d in (alice, bob)]
+        assert seeked[0] == seeked[1]
+
+        # isHost from another process: the stored snapshot says who hosts.
+        await a.cluster.writer.flushed()
+        assert b.cluster.registry.find(code) is None
+        assert await room_host_lookup(b.cluster.registry, storage)(code, 1) is True
+        assert await room_host_lookup(b.cluster.registry, storage)(code, 2) is False
+        assert await room_host_lookup(b.cluster.registry)(code, 1) is False  # one process
+
+        # Bob leaves through the relay: the owner drops him, b forgets the route.
+        assert await bob.ok(route_b, "2", "room.leave") == {"left": True}
+        members = await alice.expect("room.members")
+        assert [m["id"] for m in members["members"]] == ["1"]
+        await eventually(lambda: b.cluster.find(code) is None)
+
+
+async def test_unknown_rooms_and_a_room_that_ends_while_relayed(tmp_path: Path) -> None:
+    async with procs(tmp_path) as ([a, b], _broker, _storage):
+        with pytest.raises(NotFound):
+            await b.cluster.locate("ZZZZZZZZ")
+        alice, bob = Device("alice"), Device("bob")
+        code, route_a = await create(a, alice)
+        route_b = await join(b, code, bob, "2")
+        await bob.expect("room.welcome")
+
+        def crash(*_: Any) -> None:
+            raise RuntimeError("boom")
+
+        assert route_a.actor is not None
+        with pytest.raises(ServiceUnavailable):
+            await route_a.actor.call(crash)
+        await eventually(lambda: route_b.stopped.is_set())
+        assert bob.peer.gone
+        assert b.cluster.find(code) is None
+        await eventually(lambda: a.cluster.find(code) is None)
+        await a.cluster.writer.flushed()
+        with pytest.raises(NotFound):  # ended: never restored from a leftover snapshot
+            await b.cluster.locate(code)
+
+
+async def test_another_connection_of_the_member_replaces_the_relayed_one(tmp_path: Path) -> None:
+    async with procs(tmp_path) as ([a, b], _broker, _storage):
+        alice, laptop, phone = Device("alice"), Device("laptop"), Device("phone")
+        code, _route_a = await create(a, alice)
+        await join(b, code, laptop, "2")
+        await laptop.expect("room.welcome")
+        route = await join(a, code, phone, "2")  # the same member, now on the owner
+        await phone.expect("room.welcome")
+        assert (await laptop.expect("room.left"))["reason"] == "replaced"
+        await eventually(lambda: laptop.peer.gone)  # the next heartbeat says so
+        assert b.cluster.find(code) is None
+        await phone.ok(route, "2", "room.chat", {"text": "on my phone now"})
+
+
+async def test_members_of_a_dead_relay_are_disconnected(tmp_path: Path) -> None:
+    async with procs(tmp_path) as ([a, b], _broker, _storage):
+        alice, bob = Device("alice"), Device("bob")
+        code, _route_a = await create(a, alice)
+        await join(b, code, bob, "2")
+        await alice.expect("room.members")
+        b.kill()  # no goodbye: the owner notices the missing heartbeats
+        members = await alice.expect("room.members")
+        assert [(m["id"], m["connected"]) for m in members["members"]] == [
+            ("1", True),
+            ("2", False),
+        ]
+
+
+async def test_a_relay_that_cannot_keep_up_evicts_as_a_slow_consumer() -> None:
+    sender = Sender(MemoryBroker(), max_backlog=2)
+    closed: list[int] = []
+    peer = RoomPeer(RelayOutbox(sender, "n1", "ROOMCODE", 7), lambda code, _: closed.append(code))
+    shared = render_json({"type": "room.chat"})
+    assert peer.push("a")
+    assert peer.push(shared)
+    other = RoomPeer(RelayOutbox(sender, "n1", "ROOMCODE", 8))
+    assert other.push(shared)  # the same broadcast: merged, takes no room
+    assert not peer.push("b")  # a third item does not fit
+    assert peer.gone
+    assert closed == [CLOSE_SLOW]
+
+
+async def test_the_sender_batches_per_process() -> None:
+    broker = MemoryBroker()
+    got: list[dict[str, Any]] = []
+
+    def deliver(data: bytes) -> None:
+        message = decode(data)
+        assert message is not None
+        got.append(message)
+
+    sender = Sender(broker)
+    async with trio.open_nursery() as nursery, broker.subscribe(node_topic("n1"), deliver):
+        frame = render_json({"type": "room.state"})
+        for conn in (1, 2, 3):
+            sender.frame("n1", "ROOMCODE", conn, frame)
+        sender.control("n1", ["joined", "ROOMCODE", 4, 1])
+        await nursery.start(sender.run)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert got == [{"items": [["f", "ROOMCODE", [1, 2, 3], frame], ["joined", "ROOMCODE", 4, 1]]}]
+    assert sender.published == 1
+
+
+# --- ownership and failover ----------------------------------------------------------------
+
+
+async def test_when_the_owner_dies_a_relaying_process_restores_the_room(tmp_path: Path) -> None:
+    async with procs(tmp_path) as ([a, b], broker, _storage):
+        assert isinstance(broker, MemoryBroker)
+        code, before, (_alice, bob, _route_a, route_b) = await playing_party(a, b)
+        await a.cluster.writer.flushed()
+        a.kill()
+        assert broker.break_lease(f"room:{code}")  # it expires: nobody renews it
+        # b hears nothing more, takes the lease and restores the room; bob gets a new welcome.
+        welcome = await bob.expect("room.welcome")
+        assert route_b.actor is not None
+        assert b.cluster.takeovers == 1
+        state = welcome["state"]
+        assert (state["phase"], state["at"], state["position"], state["content"]) == (
+            "playing",
+            before["at"],
+            before["position"],
+            before["content"],
+        )
+        assert welcome["host"] == "1"
+        assert [(m["id"], m["connected"]) for m in welcome["members"]] == [
+            ("1", False),  # alice's socket died with a: she has the reconnect grace
+            ("2", True),
+        ]
+        # Alice reconnects (to b) and keeps her role; commands work again.
+        alice = Device("alice")
+        route = await join(b, code, alice, "1")
+        assert route is route_b
+        assert (await alice.expect("room.welcome"))["host"] == "1"
+        await alice.ok(route, "1", "room.pause")
+        paused = [await d.expect("room.state", phase="paused") for d in (alice, bob)]
+        assert paused[0] == paused[1]
+
+
+async def test_a_joiner_adopts_a_room_whose_owner_died(tmp_path: Path) -> None:
+    async with procs(tmp_path) as ([a, b], broker, _storage):
+        assert isinstance(broker, MemoryBroker)
+        alice = Device("alice")
+        code, route_a = await create(a, alice)
+        await alice.ok(route_a, "1", "room.chat", {"text": "back in a minute"})
+        await a.cluster.writer.flushed()
+        a.kill()
+        bob = Device("bob")
+        with pytest.raises(ServiceUnavailable, match="not answering"):  # the lease is held
+            await join(b, code, bob, "2")
+        broker.break_lease(f"room:{code}")
+        route = await join(b, code, bob, "2")
+        assert route.actor is not None
+        welcome = await bob.expect("room.welcome")
+        assert welcome["history"][-1]["text"] == "back in a minute"
+        assert welcome["host"] == "1"
+
+
+async def test_an_owner_that_loses_its_lease_hands_the_room_over(tmp_path: Path) -> None:
+    async with procs(tmp_path) as ([a, b], broker, _storage):
+        assert isinstance(broker, MemoryBroker)
+        code, before, (alice, bob, route_a, route_b) = await playing_party(a, b)
+        await a.cluster.writer.flushed()
+        broker.break_lease(f"room:{code}")  # as if a stalled past its lease
+        # Whoever takes the lease restores the room; both members get a fresh welcome.
+        for device in (alice, bob):
+            state = (await device.expect("room.welcome"))["state"]
+            assert (state["at"], state["content"]) == (before["at"], before["content"])
+        owners = [p for p in (a, b) if p.cluster.registry.find(code) is not None]
+        assert len(owners) == 1
+        await alice.ok(route_a, "1", "room.pause")
+        paused = [await d.expect("room.state", phase="paused") for d in (alice, bob)]
+        assert paused[0] == paused[1]
+        await bob.ok(route_b, "2", "room.chat", {"text": "still here"})
+        for device in (alice, bob):
+            assert (await device.expect("room.chat"))["text"] == "still here"
+
+
+async def test_a_restarted_process_adopts_rooms_once_their_leases_expire(tmp_path: Path) -> None:
+    async with procs(tmp_path, count=1) as ([a], broker, storage):
+        assert isinstance(broker, MemoryBroker)
+        alice = Device("alice")
+        code, _route = await create(a, alice)
+        await a.cluster.writer.flushed()
+        a.kill()
+        settings = make_settings(tmp_path, watch_lead_min_seconds=0.1)
+        async with trio.open_nursery() as nursery:
+            # The replacement starts while the dead one's lease still holds: nothing yet.
+            b = await nursery.start(_run_proc, storage, broker, settings, OPTIONS)
+            assert b.cluster.registry.find(code) is None
+            broker.break_lease(f"room:{code}")  # expired
+            await eventually(lambda: b.cluster.registry.find(code) is not None)
+            nursery.cancel_scope.cancel()
+
+
+# --- over the real Redis -------------------------------------------------------------------
+
+
+async def test_relay_and_failover_over_redis(tmp_path: Path) -> None:
+    url, prefix = require_redis(), unique_prefix()
+    raw = RawRedis(url, prefix)
+    try:
+        async with (
+            trio_asyncio.open_loop(),
+            open_redis_broker(url, prefix=prefix) as broker_a,
+            open_redis_broker(url, prefix=prefix) as broker_b,
+        ):
+            settings = make_settings(tmp_path, watch_lead_min_seconds=0.1)
+            async with open_storage(settings) as storage, trio.open_nursery() as nursery:
+                a = await nursery.start(_run_proc, storage, broker_a, settings, OPTIONS)
+                b = await nursery.start(_run_proc, storage, broker_b, settings, OPTIONS)
+                code, before, (_alice, bob, _ra, route_b) = await playing_party(a, b)
+                assert await raw.lease_value(f"room:{code}") is not None
+                await a.cluster.writer.flushed()
+                await raw.delete_lease(f"room:{code}")  # a's renewal finds it gone
+                state = (await bob.expect("room.welcome"))["state"]
+                assert (state["at"], state["content"]) == (before["at"], before["content"])
+                owners = [p for p in (a, b) if p.cluster.registry.find(code) is not None]
+                assert len(owners) == 1
+                assert route_b.actor is not None or owners == [a]
+                await bob.ok(route_b, "2", "room.chat", {"text": "after the move"})
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(raw.close)
+
+
+async def test_an_abandoned_room_stops_without_ending(tmp_path: Path) -> None:
+    ended: list[str] = []
+    settings = make_settings(tmp_path)
+    async with open_rooms(settings, on_end=ended.append) as registry:
+        actor = await registry.create("1", "alice", code=registry.new_code())
+        device = Device("alice")
+        await actor.join("1", "alice", device.peer)
+        actor.abandon()
+        await actor.stopped.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert registry.find(actor.code) is None
+        assert not device.peer.gone  # the connection follows the room elsewhere
+        assert ended == []  # its snapshot must stay
+        with pytest.raises(RoomGone):
+            await actor.snapshot()
+        other = await registry.create("2", "bob")
+        with pytest.raises(BadRequest):  # a code claimed for a room that runs here
+            await registry.create("3", "carol", code=other.code)
