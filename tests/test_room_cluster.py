@@ -450,3 +450,57 @@ async def test_an_abandoned_room_stops_without_ending(tmp_path: Path) -> None:
         other = await registry.create("2", "bob")
         with pytest.raises(BadRequest):  # a code claimed for a room that runs here
             await registry.create("3", "carol", code=other.code)
+
+
+class _Outage:
+    """Makes a memory broker report Redis as unreachable, as the Redis broker would."""
+
+    def __init__(self, broker: MemoryBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.down = False
+        real = broker.health
+        monkeypatch.setattr(
+            broker,
+            "health",
+            lambda: {"status": "degraded", "redis": "reconnecting"} if self.down else real(),
+        )
+
+
+async def test_a_redis_outage_does_not_take_the_room_from_its_members(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with procs(tmp_path, count=1) as ([a], broker, _storage):
+        assert isinstance(broker, MemoryBroker)
+        outage = _Outage(broker, monkeypatch)
+        alice = Device("alice")
+        code, route = await create(a, alice)
+        actor = a.cluster.registry.find(code)
+        outage.down = True
+        broker.break_lease(f"room:{code}")  # the renewal failed: Redis is away
+        await trio.sleep(0.5)  # longer than the lease ttl in these tests
+        # The same actor still runs it: not abandoned and restored from the snapshot.
+        assert a.cluster.registry.find(code) is actor
+        assert a.cluster.takeovers == 0
+        await alice.ok(route, "1", "room.chat", {"text": "during the outage"})
+        assert (await alice.expect("room.chat"))["text"] == "during the outage"
+        outage.down = False
+        await eventually(lambda: broker._current(f"room:{code}") is not None)
+        assert a.cluster.registry.find(code) is actor  # the lease is ours again, same actor
+
+
+async def test_after_a_partition_the_room_goes_to_whoever_took_the_lease(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with procs(tmp_path, count=1) as ([a], broker, _storage):
+        assert isinstance(broker, MemoryBroker)
+        outage = _Outage(broker, monkeypatch)
+        alice = Device("alice")
+        code, _route = await create(a, alice)
+        outage.down = True
+        broker.break_lease(f"room:{code}")
+        other = await broker.acquire_lease(f"room:{code}", 60_000)  # another side of a partition
+        assert other is not None
+        await trio.sleep(0.2)
+        assert a.cluster.registry.find(code) is not None
+        outage.down = False  # back: the lease is someone else's, so the room moves away
+        await eventually(lambda: a.cluster.registry.find(code) is None)
+        await other.release()

@@ -429,7 +429,8 @@ class RoomCluster:
         async with trio.open_nursery() as nursery:
             if port is not None:
                 await nursery.start(port.run)
-            nursery.start_soon(self._abandon_when_lost, lease, actor)
+            held = [lease]  # the lease in force (re-acquired after a Redis outage)
+            nursery.start_soon(self._hold_lease, held, actor)
             route.actor = actor
             task_status.started()
             await actor.stopped.wait()
@@ -457,12 +458,41 @@ class RoomCluster:
                 await self.writer.settled(actor.code)
         finally:
             self._ending.discard(actor.code)
-            await self._release(lease)
+            await self._release(held[0])
 
-    @staticmethod
-    async def _abandon_when_lost(lease: Lease, actor: RoomActor) -> None:
-        await lease.lost.wait()
-        actor.abandon()
+    async def _hold_lease(self, held: list[Lease], actor: RoomActor) -> None:
+        """Abandon the room when its lease is lost to another holder.
+
+        A lease lost because Redis is unreachable is different: nobody else can take it while
+        Redis is down, and the members connected here should keep their party. The room keeps
+        running; once Redis answers again the lease is taken anew, and only if another process
+        got it in the meantime (a partition, not an outage) is the room abandoned to it.
+        """
+        while True:
+            await held[0].lost.wait()
+            if self.broker.health().get("status") == "ok":
+                actor.abandon()
+                return
+            log.warning(
+                "room %s: Redis unreachable; the room stays here until it is back", actor.code
+            )
+            lease = await self._reacquire(actor.code)
+            if lease is None:
+                actor.abandon()
+                return
+            held[0] = lease
+            log.info("room %s: lease taken again after the outage", actor.code)
+
+    async def _reacquire(self, code: str) -> Lease | None:
+        """Wait for the broker, then take the lease again; None if another process holds it."""
+        while True:
+            await trio.sleep(self._beat)
+            if self.broker.health().get("status") != "ok":
+                continue
+            try:
+                return await self.broker.acquire_lease(lease_name(code), self.lease_ttl_ms)
+            except BrokerUnavailable:
+                continue
 
     @staticmethod
     async def _release(lease: Lease) -> None:
