@@ -35,11 +35,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import trio
 
-from dramaverse.actors.session import CLOSE_SLOW_CONSUMER
+from dramaverse.actors.outbox import Outbox, push_frame
 from dramaverse.config import Settings
 from dramaverse.domain.rooms import (
     Control,
@@ -108,14 +108,6 @@ class RoomGone(ServiceUnavailable):
     """The room actor stopped before the request could be handled; join again."""
 
 
-class Outbox(Protocol):
-    """Where a peer's frames go: a connection's bounded ``trio.MemorySendChannel[str]``, or a
-    relay to another process (``room_relay.py``). ``send_nowait`` raises ``trio.WouldBlock``
-    when full and ``trio.BrokenResourceError``/``ClosedResourceError`` when gone."""
-
-    def send_nowait(self, value: str) -> None: ...
-
-
 @dataclass(eq=False)
 class RoomPeer:
     """One connection of a member as the room sees it.
@@ -136,18 +128,7 @@ class RoomPeer:
 
     def push(self, frame: str) -> bool:
         """Queue a frame without waiting; evict the peer when its outbox is full."""
-        if self.gone:
-            return False
-        try:
-            self.outbox.send_nowait(frame)
-        except trio.WouldBlock:
-            self.gone = True
-            self.evict(CLOSE_SLOW_CONSUMER, "slow consumer: outbox full")
-            return False
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.gone = True
-            return False
-        return True
+        return push_frame(self, frame)
 
 
 @dataclass(eq=False)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from dramaverse.actors.outbox import push_frame
 from dramaverse.broker.base import Broker
 from dramaverse.domain.events import UserEvent
 from dramaverse.errors import StorageUnavailable
@@ -33,7 +34,6 @@ from dramaverse.storage.base import Storage
 
 log = logging.getLogger(__name__)
 
-CLOSE_SLOW_CONSUMER = 4001
 INBOX_SIZE = 256
 
 
@@ -64,18 +64,7 @@ class Device:
 
     def push(self, frame: str) -> bool:
         """Queue a frame without waiting; evict the device when its outbox is full."""
-        if self.gone:
-            return False
-        try:
-            self.outbox.send_nowait(frame)
-        except trio.WouldBlock:
-            self.gone = True
-            self.evict(CLOSE_SLOW_CONSUMER, "slow consumer: outbox full")
-            return False
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.gone = True
-            return False
-        return True
+        return push_frame(self, frame)
 
 
 @dataclass(frozen=True, slots=True)
