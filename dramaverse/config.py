@@ -96,6 +96,11 @@ class Settings:
     watch_history_size: int = 50
     watch_max_members: int = 50
     watch_report_seconds: float = 2.0
+    # Watch parties across processes (docs/watch-parties.md, "Several processes")
+    watch_lease_seconds: float = 6.0
+    watch_relay_beat_seconds: float = 1.0
+    watch_relay_silence_seconds: float = 3.0
+    watch_relay_timeout_seconds: float = 5.0
     # /api/player/status and room snapshots (docs/player-status.md)
     player_status_ttl_seconds: int = 60
     player_status_keep: int = 5
@@ -338,11 +343,33 @@ def _watch_party(get: Callable[[str], str | None]) -> dict[str, Any]:
         "watch_report_seconds": _float(
             get("WATCH_REPORT_SECONDS"), "WATCH_REPORT_SECONDS", 2.0, 0.1, 60
         ),
+        "watch_lease_seconds": _float(
+            get("WATCH_LEASE_SECONDS"), "WATCH_LEASE_SECONDS", 6.0, 0.5, 120
+        ),
+        "watch_relay_beat_seconds": _float(
+            get("WATCH_RELAY_BEAT_SECONDS"), "WATCH_RELAY_BEAT_SECONDS", 1.0, 0.05, 30
+        ),
+        "watch_relay_silence_seconds": _float(
+            get("WATCH_RELAY_SILENCE_SECONDS"), "WATCH_RELAY_SILENCE_SECONDS", 3.0, 0.1, 120
+        ),
+        "watch_relay_timeout_seconds": _float(
+            get("WATCH_RELAY_TIMEOUT_SECONDS"), "WATCH_RELAY_TIMEOUT_SECONDS", 5.0, 0.1, 300
+        ),
     }
     if values["watch_lead_max_seconds"] < values["watch_lead_min_seconds"]:
         raise ConfigError("WATCH_LEAD_MAX_SECONDS must not be less than WATCH_LEAD_MIN_SECONDS.")
     if values["watch_drift_seek_seconds"] <= values["watch_drift_nudge_seconds"]:
         raise ConfigError("WATCH_DRIFT_SEEK_SECONDS must be more than WATCH_DRIFT_NUDGE_SECONDS.")
+    if values["watch_relay_silence_seconds"] < 2 * values["watch_relay_beat_seconds"]:
+        raise ConfigError(
+            "WATCH_RELAY_SILENCE_SECONDS must be at least twice WATCH_RELAY_BEAT_SECONDS "
+            "(one lost heartbeat must not look like a dead owner)."
+        )
+    if values["watch_lease_seconds"] <= values["watch_relay_silence_seconds"]:
+        raise ConfigError(
+            "WATCH_LEASE_SECONDS must be more than WATCH_RELAY_SILENCE_SECONDS "
+            "(an owner must be presumed silent before its lease can expire)."
+        )
     return values
 
 

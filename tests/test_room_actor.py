@@ -332,6 +332,8 @@ def test_watch_party_settings_defaults_and_environment() -> None:
     )
     assert (config.history_size, config.max_members, config.report_interval) == (50, 50, 2)
     assert settings.watch_empty_room_seconds == 30
+    assert (settings.watch_lease_seconds, settings.watch_relay_beat_seconds) == (6, 1)
+    assert (settings.watch_relay_silence_seconds, settings.watch_relay_timeout_seconds) == (3, 5)
     custom = load_settings(
         {"WATCH_BARRIER_SECONDS": "3", "WATCH_CHAT_RATE": "5/60", "WATCH_MAX_MEMBERS": "8"},
         dotenv_path=None,
@@ -357,6 +359,16 @@ def test_watch_party_settings_defaults_and_environment() -> None:
         (
             {"WATCH_DRIFT_NUDGE_SECONDS": "0.5", "WATCH_DRIFT_SEEK_SECONDS": "0.5"},
             "WATCH_DRIFT_SEEK_SECONDS must be more than WATCH_DRIFT_NUDGE_SECONDS",
+        ),
+        ({"WATCH_LEASE_SECONDS": "0"}, "WATCH_LEASE_SECONDS must be a number from 0.5"),
+        ({"WATCH_RELAY_BEAT_SECONDS": "x"}, "WATCH_RELAY_BEAT_SECONDS must be a number"),
+        (
+            {"WATCH_RELAY_BEAT_SECONDS": "2", "WATCH_RELAY_SILENCE_SECONDS": "3"},
+            "WATCH_RELAY_SILENCE_SECONDS must be at least twice WATCH_RELAY_BEAT_SECONDS",
+        ),
+        (
+            {"WATCH_LEASE_SECONDS": "3", "WATCH_RELAY_SILENCE_SECONDS": "3"},
+            "WATCH_LEASE_SECONDS must be more than WATCH_RELAY_SILENCE_SECONDS",
         ),
     ],
 )

@@ -504,3 +504,21 @@ async def test_after_a_partition_the_room_goes_to_whoever_took_the_lease(
         outage.down = False  # back: the lease is someone else's, so the room moves away
         await eventually(lambda: a.cluster.registry.find(code) is None)
         await other.release()
+
+
+async def test_the_cluster_timings_come_from_the_settings(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path,
+        watch_lease_seconds=9.0,
+        watch_relay_beat_seconds=0.5,
+        watch_relay_silence_seconds=2.0,
+        watch_relay_timeout_seconds=4.0,
+    )
+    async with (
+        open_storage(settings) as storage,
+        open_room_cluster(storage, MemoryBroker(), settings, shared=True) as cluster,
+    ):
+        assert cluster.lease_ttl_ms == 9000
+        assert (cluster._beat, cluster._silence) == (0.5, 2.0)
+        assert cluster.join_timeout == 10.0
+        assert cluster._relay_timeout == 4.0

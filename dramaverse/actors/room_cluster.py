@@ -562,7 +562,8 @@ async def open_room_cluster(
     **options: Any,
 ) -> AsyncIterator[RoomCluster]:
     """The registry, its snapshot writer and this process's part in the cluster, with every
-    stored room whose lease is free restored. ``options`` go to :class:`RoomCluster`.
+    stored room whose lease is free restored. The timings come from the WATCH_LEASE_SECONDS and
+    WATCH_RELAY_* settings; ``options`` go to :class:`RoomCluster` and override them.
 
     Resource handling: leaving stops the keepers and relay tasks, then (``open_watch_parties``)
     the rooms, then the writer, which writes what is pending.
@@ -573,6 +574,13 @@ async def open_room_cluster(
         ) as (registry, writer),
         trio.open_nursery() as nursery,
     ):
+        timings: dict[str, Any] = {
+            "lease_ttl_ms": int(settings.watch_lease_seconds * 1000),
+            "beat": settings.watch_relay_beat_seconds,
+            "silence": settings.watch_relay_silence_seconds,
+            "join_timeout": settings.watch_lease_seconds + 2 * settings.watch_relay_beat_seconds,
+            "relay_timeout": settings.watch_relay_timeout_seconds,
+        }
         cluster = RoomCluster(
             registry,
             writer,
@@ -581,7 +589,7 @@ async def open_room_cluster(
             nursery,
             shared=shared,
             retention_seconds=float(settings.room_snapshot_retention_seconds),
-            **options,
+            **(timings | options),  # explicit options (tests) win over the settings
         )
         if shared:
             await nursery.start(cluster.run_relay)
