@@ -11,15 +11,18 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis
 import trio
 import trio_asyncio
 
-from dramaverse.broker.base import Broker
+from dramaverse.broker.base import Broker, BrokerUnavailable
 from dramaverse.broker.memory import MemoryBroker
 from dramaverse.broker.redis import open_redis_broker
+from dramaverse.config import RateLimit
+from dramaverse.http.security import SharedRateLimiter
 from tests.services import require_redis
 
 TTL_MS = 150
@@ -262,3 +265,49 @@ async def test_health_of_a_working_broker_is_ok(backend: Backend) -> None:
     health = backend.broker.health()
     assert health["status"] == "ok"
     assert health["backend"] == backend.name
+
+
+async def test_window_counts_hits_per_key_and_restarts_after_the_window(backend: Backend) -> None:
+    broker = backend.broker
+    assert await broker.count_in_window("a", 300) == (1, pytest.approx(300, abs=50))
+    hits, left = await broker.count_in_window("a", 300)
+    assert hits == 2
+    assert 0 < left <= 300
+    assert (await broker.count_in_window("b", 300))[0] == 1  # keys count apart
+    await trio.sleep(0.35)
+    assert (await broker.count_in_window("a", 300))[0] == 1  # a new window
+
+
+async def test_a_shared_limit_is_counted_across_processes(tmp_path: Path) -> None:
+    url, prefix = require_redis(), unique_prefix()
+    raw = RawRedis(url, prefix)
+    rule = RateLimit(3, 60)
+    try:
+        async with (
+            trio_asyncio.open_loop(),
+            open_redis_broker(url, prefix=prefix) as one,
+            open_redis_broker(url, prefix=prefix) as two,
+        ):
+            first, second = (
+                SharedRateLimiter(rule, one, "auth"),
+                SharedRateLimiter(rule, two, "auth"),
+            )
+            allowed = [
+                (await limiter.hit("10.0.0.1")).allowed
+                for limiter in (first, second, first, second)
+            ]
+            assert allowed == [True, True, True, False]  # one budget, not one per process
+            assert (await second.hit("10.0.0.2")).allowed  # per address
+    finally:
+        await trio.to_thread.run_sync(raw.close)
+
+
+async def test_a_shared_limit_falls_back_to_a_local_one_without_redis() -> None:
+    class Unreachable:
+        async def count_in_window(self, key: str, window_ms: int) -> tuple[int, int]:
+            raise BrokerUnavailable("Redis is unreachable: test")
+
+    limiter = SharedRateLimiter(RateLimit(2, 60), Unreachable(), "auth")
+    decisions = [await limiter.hit("10.0.0.1") for _ in range(3)]
+    assert [d.allowed for d in decisions] == [True, True, False]  # limited, never unlimited
+    assert ("RateLimit-Limit", "2") in decisions[0].headers

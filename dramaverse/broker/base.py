@@ -63,6 +63,14 @@ class Broker(Protocol):
         """Wait until what was published and (un)subscribed so far has left this process."""
         ...
 
+    async def count_in_window(self, key: str, window_ms: int) -> tuple[int, int]:
+        """Count one more hit on ``key`` in a fixed window shared by every process.
+
+        Returns (hits so far in the window, milliseconds until it resets). The window starts at
+        the first hit. Raises BrokerUnavailable when the backend is unreachable.
+        """
+        ...
+
     async def acquire_lease(self, name: str, ttl_ms: int, *, renew: bool = True) -> Lease | None:
         """Take the lease ``name`` for ``ttl_ms`` milliseconds, or return None if it is held.
 

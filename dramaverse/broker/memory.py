@@ -22,6 +22,8 @@ import trio
 from dramaverse.broker.base import Deliver, GapNotice, Health
 from dramaverse.broker.lease import Lease, check_lease_request
 
+MAX_WINDOWS = 100_000  # counters kept; expired ones are dropped when the table is full
+
 log = logging.getLogger(__name__)
 HEALTH_OK: Health = {"status": "ok", "backend": "memory"}
 
@@ -36,6 +38,7 @@ class MemoryBroker:
     def __init__(self) -> None:
         self._topics: dict[str, list[Deliver]] = {}
         self._leases: dict[str, _Held] = {}
+        self._windows: dict[str, tuple[int, float]] = {}  # key -> (hits, window end)
 
     async def publish(self, topic: str, message: bytes) -> None:
         # Iterate over a copy: a callback may (indirectly) unsubscribe.
@@ -80,6 +83,18 @@ class MemoryBroker:
                 held.lease.lost.set()
             return None
         return held
+
+    async def count_in_window(self, key: str, window_ms: int) -> tuple[int, int]:
+        await trio.lowlevel.checkpoint()
+        now = trio.current_time()
+        hits, ends = self._windows.get(key, (0, 0.0))
+        if ends <= now:
+            if len(self._windows) >= MAX_WINDOWS:
+                self._windows = {k: v for k, v in self._windows.items() if v[1] > now}
+            hits, ends = 0, now + window_ms / 1000
+        hits += 1
+        self._windows[key] = (hits, ends)
+        return hits, max(0, int((ends - now) * 1000))
 
     async def acquire_lease(self, name: str, ttl_ms: int, *, renew: bool = True) -> Lease | None:
         check_lease_request(name, ttl_ms)

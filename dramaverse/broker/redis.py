@@ -83,6 +83,21 @@ end
 return 0
 """
 
+# One more hit in a fixed window: the first hit starts the window (its expiry), every hit
+# returns the count and the time left, in one round trip.
+COUNT_SCRIPT = """
+local hits = redis.call('incr', KEYS[1])
+if hits == 1 then
+  redis.call('pexpire', KEYS[1], ARGV[1])
+end
+local left = redis.call('pttl', KEYS[1])
+if left < 0 then
+  redis.call('pexpire', KEYS[1], ARGV[1])
+  left = tonumber(ARGV[1])
+end
+return {hits, left}
+"""
+
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, trio.TooSlowError)
 
 
@@ -183,6 +198,11 @@ async def _aio_set_nx(client: Redis, key: str, token: str, ttl_ms: int) -> bool:
 async def _aio_eval(client: Redis, script: str, key: str, *args: str) -> int:
     result = await client.eval(script, 1, key, *args)  # type: ignore[misc]
     return int(result)
+
+
+async def _aio_count(client: Redis, key: str, window_ms: int) -> tuple[int, int]:
+    hits, left = await client.eval(COUNT_SCRIPT, 1, key, str(window_ms))  # type: ignore[misc]
+    return int(hits), int(left)
 
 
 async def _cross(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -575,6 +595,11 @@ class RedisBroker:
         if link is None:
             raise BrokerUnavailable(f"Redis is unreachable: {self._detail}")
         return link.client
+
+    async def count_in_window(self, key: str, window_ms: int) -> tuple[int, int]:
+        return await self._command(
+            _aio_count, self._client(), f"{self.prefix}window:{key}", window_ms
+        )
 
     async def acquire_lease(self, name: str, ttl_ms: int, *, renew: bool = True) -> Lease | None:
         check_lease_request(name, ttl_ms)

@@ -12,8 +12,10 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from dramaverse.config import RateLimit
+from dramaverse.errors import ServiceUnavailable
 
 # helmet's defaults (v7), so browsers treat our responses exactly as they treated the seed's.
 SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
@@ -72,6 +74,51 @@ class RateDecision:
     headers: list[tuple[str, str]]
 
 
+def decide(rule: RateLimit, count: int, seconds_left: float) -> RateDecision:
+    """The answer for the ``count``-th hit of a window with ``seconds_left`` to run."""
+    reset = max(0, math.ceil(seconds_left))
+    allowed = count <= rule.limit
+    headers = [
+        ("RateLimit-Policy", rule.policy),
+        ("RateLimit-Limit", str(rule.limit)),
+        ("RateLimit-Remaining", str(max(0, rule.limit - count))),
+        ("RateLimit-Reset", str(reset)),
+    ]
+    if not allowed:
+        headers.append(("Retry-After", str(reset)))
+    return RateDecision(allowed, headers)
+
+
+class SharedRateLimiter:
+    """Fixed-window counters kept by the broker, so every worker and machine counts together.
+
+    With several processes a per-process counter lets a client make N times the allowed attempts
+    (one budget per process). The authentication limit guards passwords against guessing, so it
+    is shared: each attempt is one counter round trip in Redis (the in-process broker counts
+    locally). Should Redis be unreachable, the process falls back to its own counter rather than
+    to no limit at all.
+    """
+
+    def __init__(self, rule: RateLimit, counter: WindowCounter, name: str) -> None:
+        self.rule = rule
+        self._counter = counter
+        self._name = name
+        self._fallback = RateLimiter(rule)
+
+    async def hit(self, key: str) -> RateDecision:
+        try:
+            count, left_ms = await self._counter.count_in_window(
+                f"{self._name}:{key}", int(self.rule.window * 1000)
+            )
+        except ServiceUnavailable:
+            return self._fallback.hit(key)
+        return decide(self.rule, count, left_ms / 1000)
+
+
+class WindowCounter(Protocol):
+    async def count_in_window(self, key: str, window_ms: int) -> tuple[int, int]: ...
+
+
 class RateLimiter:
     """Fixed-window counters per key, bounded in memory.
 
@@ -101,18 +148,7 @@ class RateLimiter:
             entry = [0.0, now + self.rule.window]
             self._windows[key] = entry
         entry[0] += 1
-        count = int(entry[0])
-        reset = max(0, math.ceil(entry[1] - now))
-        allowed = count <= self.rule.limit
-        headers = [
-            ("RateLimit-Policy", self.rule.policy),
-            ("RateLimit-Limit", str(self.rule.limit)),
-            ("RateLimit-Remaining", str(max(0, self.rule.limit - count))),
-            ("RateLimit-Reset", str(reset)),
-        ]
-        if not allowed:
-            headers.append(("Retry-After", str(reset)))
-        return RateDecision(allowed, headers)
+        return decide(self.rule, int(entry[0]), entry[1] - now)
 
     def _sweep(self, now: float) -> None:
         live = {k: v for k, v in self._windows.items() if v[1] > now}

@@ -18,7 +18,7 @@ from dramaverse.actors.room_snapshots import SnapshotWriter
 from dramaverse.broker.base import Broker
 from dramaverse.config import Settings
 from dramaverse.http.auth import PasswordHasher, TokenService
-from dramaverse.http.security import CorsPolicy, RateLimiter
+from dramaverse.http.security import CorsPolicy, RateLimiter, SharedRateLimiter
 from dramaverse.storage.base import Storage
 
 
@@ -45,7 +45,7 @@ class AppState:
     tokens: TokenService
     passwords: PasswordHasher
     cors: CorsPolicy
-    auth_limiter: RateLimiter | None
+    auth_limiter: SharedRateLimiter | None
     user_limiter: RateLimiter | None
     clock_ms: Callable[[], int] = field(default=wall_clock_ms)
     # Per-user limit of /api/player/status (PLAYER_STATUS_RATE), apart from user_limiter.
@@ -82,7 +82,7 @@ class AppState:
             tokens=TokenService(settings.jwt_secret, settings.jwt_ttl_seconds),
             passwords=PasswordHasher(settings.bcrypt_rounds),
             cors=CorsPolicy(settings.cors_allowed_origins),
-            auth_limiter=RateLimiter(settings.rate_limit_auth)
+            auth_limiter=SharedRateLimiter(settings.rate_limit_auth, broker, "auth")
             if settings.rate_limit_auth
             else None,
             user_limiter=RateLimiter(settings.rate_limit_user)

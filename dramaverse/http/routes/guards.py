@@ -10,21 +10,21 @@ from quart import g, request
 
 from dramaverse.errors import TooManyRequests
 from dramaverse.http.auth import AuthUser
-from dramaverse.http.security import RateLimiter, client_address, minutes_phrase
+from dramaverse.http.security import RateDecision, client_address, minutes_phrase
 from dramaverse.http.state import app_state
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _apply_limit(limiter: RateLimiter | None, message: str) -> None:
-    if limiter is None:
-        return
+def _address() -> str:
     settings = app_state().settings
-    address = client_address(
+    return client_address(
         request.remote_addr, request.headers.get("X-Forwarded-For"), settings.trust_proxy
     )
-    decision = limiter.hit(address)
+
+
+def _enforce(decision: RateDecision, message: str) -> None:
     g.extra_headers = decision.headers
     if not decision.allowed:
         raise TooManyRequests(message)
@@ -36,10 +36,11 @@ def auth_rate_limited(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitab
     @wraps(handler)
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
         limiter = app_state().auth_limiter
-        if limiter is not None:
+        if limiter is not None:  # shared by every process (SharedRateLimiter)
             when = minutes_phrase(limiter.rule.window)
-            _apply_limit(
-                limiter, f"Too many authentication attempts, please try again after {when}."
+            _enforce(
+                await limiter.hit(_address()),
+                f"Too many authentication attempts, please try again after {when}.",
             )
         return await handler(*args, **kwargs)
 
@@ -56,7 +57,7 @@ def authenticated(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Await
         limiter = state.user_limiter
         if limiter is not None:
             when = minutes_phrase(limiter.rule.window)
-            _apply_limit(limiter, f"Too many requests, please try again after {when}.")
+            _enforce(limiter.hit(_address()), f"Too many requests, please try again after {when}.")
         return await handler(user, *args, **kwargs)
 
     return guarded
