@@ -405,6 +405,22 @@ async def test_event_head_and_read_events(storage: Storage) -> None:
     assert not (await storage.read_events(user, -1, 10)).complete
 
 
+async def test_event_heads_of_many_users_in_one_call(storage: Storage) -> None:
+    records = sample_records()
+    alice = await user_with_catalog(storage)
+    bob = await storage.create_user("bob", "hash")
+    carol = await storage.create_user("carol", "hash")  # no events: left out
+    for record in records[:3]:
+        await storage.set_favorite(alice, SetFavorite(record["url"], True))
+    await storage.set_favorite(bob, SetFavorite(records[0]["url"], True))
+    assert await storage.event_heads([alice, bob, carol, carol + 99]) == {alice: 3, bob: 1}
+    assert await storage.event_heads([bob, bob]) == {bob: 1}  # repeated ids: one entry
+    assert await storage.event_heads([]) == {}
+    # More ids than one SQL statement takes on SQLite: chunked, same answer.
+    many = [*range(carol + 100, carol + 1300), alice]
+    assert await storage.event_heads(many) == {alice: 3}
+
+
 async def test_prune_by_count_and_by_age(storage: Storage) -> None:
     records = sample_records()
     user = await user_with_catalog(storage)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -112,7 +113,7 @@ class UserSession:
         broker: Broker,
         *,
         grace: float,
-        check_interval: float = 5.0,
+        check_interval: float | None = None,
         replay_limit: int = 250,
         on_exit: Callable[[UserSession], None] = lambda _: None,
     ) -> None:
@@ -139,6 +140,15 @@ class UserSession:
             self._lossy = True
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the actor is gone; nothing to deliver to
+
+    def check(self, log_head: int) -> None:
+        """The hub's periodic check (``SessionHub.run_checks``): the log's head for this user.
+
+        A log ahead of what was delivered means a publish never arrived (its process died
+        between commit and publish, say); an earlier repair that failed is retried too. Either
+        way the actor repairs from the log. Never blocks."""
+        if log_head > self.head or self._repair_failing:
+            self._on_gap()
 
     def _on_gap(self) -> None:
         """Broker callback: messages may be missing; repair at once, not at the next check."""
@@ -176,7 +186,12 @@ class UserSession:
 
     async def _loop(self) -> None:
         while True:
-            timeout = self._check_interval if self.devices else self._grace
+            if not self.devices:
+                timeout = self._grace
+            elif self._check_interval is not None:
+                timeout = self._check_interval
+            else:
+                timeout = math.inf  # the hub checks the log for every session at once
             message: Message | None = None
             with trio.move_on_after(timeout):
                 message = await self._receive.receive()

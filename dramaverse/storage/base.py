@@ -126,6 +126,11 @@ class Storage(Protocol):
         """The user's latest event seq (0 before the first event)."""
         ...
 
+    async def event_heads(self, user_ids: Sequence[int]) -> dict[int, int]:
+        """The latest event seq of each of ``user_ids`` that has one (one query for all: the
+        session hub's periodic check; users without events are left out)."""
+        ...
+
     async def read_events(self, user_id: int, after: int, limit: int) -> EventRange:
         """Events with seq > ``after``, oldest first, at most ``limit``.
 

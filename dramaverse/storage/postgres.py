@@ -479,6 +479,18 @@ class PostgresStorage:
 
         return await self._run(job, "none")
 
+    async def event_heads(self, user_ids: Sequence[int]) -> dict[int, int]:
+        ids = list(dict.fromkeys(user_ids))
+
+        async def job(conn: Connection) -> dict[int, int]:
+            rows = await conn.fetch(
+                "SELECT user_id, last_seq FROM user_event_heads WHERE user_id = ANY($1::bigint[])",
+                ids,
+            )
+            return {int(row[0]): int(row[1]) for row in rows}
+
+        return await self._run(job, "none") if ids else {}
+
     async def read_events(self, user_id: int, after: int, limit: int) -> EventRange:
         async def job(conn: Connection) -> EventRange:
             head = await _head(conn, user_id)

@@ -42,6 +42,7 @@ ProgressFn = Callable[[int, int], None]
 
 _BUSY_TIMEOUT_MS = 5000
 _MAX_BATCH = 256  # writes per group-commit transaction
+HEADS_CHUNK = 500  # user ids per IN (...) of event_heads (SQLite limits bound parameters)
 
 
 @dataclass(eq=False)
@@ -477,6 +478,23 @@ class SqliteStorage:
             return _head(conn, user_id)
 
         return await self._read(run)
+
+    async def event_heads(self, user_ids: Sequence[int]) -> dict[int, int]:
+        ids = list(dict.fromkeys(user_ids))
+
+        def run(conn: sqlite3.Connection) -> dict[int, int]:
+            heads: dict[int, int] = {}
+            for start in range(0, len(ids), HEADS_CHUNK):
+                chunk = ids[start : start + HEADS_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT user_id, last_seq FROM user_event_heads WHERE user_id IN ({marks})",
+                    chunk,
+                )
+                heads.update((int(user), int(seq)) for user, seq in rows)
+            return heads
+
+        return await self._read(run) if ids else {}
 
     async def read_events(self, user_id: int, after: int, limit: int) -> EventRange:
         def run(conn: sqlite3.Connection) -> EventRange:
