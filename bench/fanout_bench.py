@@ -46,7 +46,8 @@ from typing import Any, Protocol
 import trio
 
 from bench import services
-from bench.catalog_bench import BenchError
+from bench.catalog_bench import BenchError, _children
+from bench.cpulimit import CpuLimit, CpuLimitError
 from bench.loadgen import ProtocolError
 from bench.sio_devices import socketio_transport
 from bench.wsclient import (
@@ -573,7 +574,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir and log")
     parser.add_argument("--server-cmd", help=argparse.SUPPRESS)  # testing: another server
     services.add_arguments(parser)  # --workers, --database-url, --redis-url
+    parser.add_argument(
+        "--worker-cpus",
+        type=float,
+        help="CPU quota per worker process, in cores (own cgroup each; bench/cpulimit.py)",
+    )
     args = parser.parse_args(argv)
+    if args.worker_cpus is not None and not 0.01 <= args.worker_cpus <= 64:
+        parser.error("--worker-cpus must be between 0.01 and 64")
     if min(args.users, args.devices, args.rounds, args.in_flight) < 1:
         parser.error("--users, --devices, --rounds and --in-flight must be >= 1")
     services.check_arguments(parser, args)
@@ -598,6 +606,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(text + "\n", "utf-8")
     return int(status)
+
+
+def limit_workers(server: BenchServer, workers: int, cores: float, doc: dict[str, Any]) -> CpuLimit:
+    """Every worker process of ``server`` in its own cgroup with a quota of ``cores``."""
+    pids = [server.pid] if workers == 1 else _children(server.pid)
+    if len(pids) != workers:
+        raise BenchError(f"expected {workers} worker processes, found {len(pids)}")
+    limit = CpuLimit(cores)
+    doc["worker_cpu_limit"] = {"cores_per_worker": cores, "mechanism": limit.mechanism}
+    try:
+        for pid in pids:
+            limit.attach(pid)
+    except CpuLimitError:
+        limit.close()
+        raise
+    log(f"{workers} worker(s) limited to {cores:g} core each ({limit.mechanism})")
+    return limit
 
 
 def run_once(args: argparse.Namespace) -> dict[str, Any]:
@@ -632,9 +657,12 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
     )
     server.server_cmd = args.server_cmd
     status = 1
+    limit: CpuLimit | None = None
     try:
         server.start()
         doc["server_startup_s"] = round(server.startup_s or 0.0, 2)
+        if args.worker_cpus is not None:
+            limit = limit_workers(server, args.workers, args.worker_cpus, doc)
         budget = args.deadline - (time.monotonic() - t_start)
 
         async def bounded() -> int:
@@ -647,6 +675,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         status = trio.run(bounded)
     except (
         BenchError,
+        CpuLimitError,
         WSError,
         OSError,
         ProtocolError,
@@ -664,6 +693,9 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         if server.proc is not None and not server.alive():
             doc["server_died"] = True
             doc["server_log_tail"] = server.tail(20).splitlines()
+        if limit is not None:
+            doc["worker_cpu_limit"]["groups"] = limit.stats()
+            limit.close()
         server.stop()
         doc["server_stop"] = server.stop_info
     finish(doc)
