@@ -37,6 +37,7 @@ from dramaverse.http.socketio import engine_server
 from dramaverse.http.state import AppState
 from dramaverse.http.unread_body import CloseOnUnreadBody
 from dramaverse.http.worker_routing import WorkerRouter
+from dramaverse.http.ws import NativeSocketEndpoint
 from dramaverse.http.ws_rooms import room_host_lookup
 from dramaverse.storage import open_storage
 from dramaverse.supervisor import worker_app, worker_binds
@@ -101,7 +102,7 @@ async def serve(
         await nursery.start(partial(run_event_pruner, storage, settings, clock_ms=state.clock_ms))
         app = create_app(state)
         await nursery.start(engine_server(app).run)  # Socket.IO sessions; closed on shutdown
-        front: ASGIFramework = LibraryWriteFastPath(app, state)
+        front: ASGIFramework = NativeSocketEndpoint(LibraryWriteFastPath(app, state), state)
         if settings.worker_id is not None:  # relay Socket.IO requests to their session's worker
             front = await nursery.start(WorkerRouter(front, settings, shutdown).run)
         if handle_signals:

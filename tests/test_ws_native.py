@@ -464,3 +464,50 @@ async def test_shutdown_closes_every_socket_with_1001(tmp_path: Path) -> None:
             server.handle.stop()
             assert await close_code(first) == 1001
             assert await close_code(second) == 1001
+
+
+async def _raw_device(server: Server, token: str | None) -> trio.SocketStream:
+    """A device on a bare TCP stream (wsproto): connected, hello sent, ``ready`` read if
+    ``token`` is given. Closing the stream drops the connection without a close frame."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request, TextMessage
+
+    port = int(server.url.rsplit(":", 1)[1])
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    ws = WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(
+        ws.send(Request(host="127.0.0.1", target="/api/ws", subprotocols=[PROTOCOL]))
+    )
+    accepted = False
+    with trio.fail_after(5):
+        while not accepted:
+            ws.receive_data(await stream.receive_some(65536))
+            accepted = any(isinstance(event, AcceptConnection) for event in ws.events())
+        if token is not None:
+            await stream.send_all(
+                ws.send(TextMessage(json.dumps({"type": "hello", "token": token})))
+            )
+            text = ""
+            while '"ready"' not in text:
+                ws.receive_data(await stream.receive_some(65536))
+                text += "".join(e.data for e in ws.events() if isinstance(e, TextMessage))
+    return stream
+
+
+@pytest.mark.parametrize("authenticated", [True, False])
+async def test_a_vanished_client_is_cleaned_up_quietly(
+    server: Server, authenticated: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = await server.register("alice")
+    hub = server.handle.state.hub
+    stream = await _raw_device(server, token if authenticated else None)
+    if authenticated:
+        assert len(hub.sessions[1].devices) == 1
+    await stream.aclose()  # no close frame: the peer is just gone
+    with trio.fail_after(5):
+        while any(session.devices for session in hub.sessions.values()):  # noqa: ASYNC110
+            await trio.sleep(0.01)  # (the detach has no event to wait on)
+    # The server still serves a new device of the same user.
+    async with device(server, token) as ws:
+        assert (await receive(ws))["type"] == "ready"
+    assert not [r for r in caplog.records if r.levelno >= 40], caplog.text

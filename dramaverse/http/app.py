@@ -13,7 +13,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from dramaverse.errors import Conflict, DramaverseError
-from dramaverse.http import socketio, ws
+from dramaverse.http import socketio
 from dramaverse.http.responses import error_response, json_response, raw_json_response
 from dramaverse.http.routes import accounts, catalog, library, player
 from dramaverse.http.security import SECURITY_HEADERS, CorsPolicy
@@ -78,7 +78,6 @@ def create_app(state: AppState) -> QuartTrio:
     app.register_blueprint(accounts.blueprint)
     app.register_blueprint(library.blueprint)
     app.register_blueprint(player.blueprint)
-    app.register_blueprint(ws.blueprint)
     socketio.install(app, state)  # its sessions' nursery: runtime starts engine_server(app).run
 
     @app.errorhandler(DramaverseError)
