@@ -96,6 +96,7 @@ class Settings:
     watch_history_size: int = 50
     watch_max_members: int = 50
     watch_report_seconds: float = 2.0
+    watch_report_relaxed_seconds: float = 6.0
     # Watch parties across processes (docs/watch-parties.md, "Several processes")
     watch_lease_seconds: float = 6.0
     watch_relay_beat_seconds: float = 1.0
@@ -343,6 +344,9 @@ def _watch_party(get: Callable[[str], str | None]) -> dict[str, Any]:
         "watch_report_seconds": _float(
             get("WATCH_REPORT_SECONDS"), "WATCH_REPORT_SECONDS", 2.0, 0.1, 60
         ),
+        "watch_report_relaxed_seconds": _float(
+            get("WATCH_REPORT_RELAXED_SECONDS"), "WATCH_REPORT_RELAXED_SECONDS", 6.0, 0.0, 300
+        ),
         "watch_lease_seconds": _float(
             get("WATCH_LEASE_SECONDS"), "WATCH_LEASE_SECONDS", 6.0, 0.5, 120
         ),
@@ -360,6 +364,11 @@ def _watch_party(get: Callable[[str], str | None]) -> dict[str, Any]:
         raise ConfigError("WATCH_LEAD_MAX_SECONDS must not be less than WATCH_LEAD_MIN_SECONDS.")
     if values["watch_drift_seek_seconds"] <= values["watch_drift_nudge_seconds"]:
         raise ConfigError("WATCH_DRIFT_SEEK_SECONDS must be more than WATCH_DRIFT_NUDGE_SECONDS.")
+    relaxed = values["watch_report_relaxed_seconds"]
+    if relaxed and relaxed < values["watch_report_seconds"]:
+        raise ConfigError(
+            "WATCH_REPORT_RELAXED_SECONDS must be 0 (never relax) or at least WATCH_REPORT_SECONDS."
+        )
     if values["watch_relay_silence_seconds"] < 2 * values["watch_relay_beat_seconds"]:
         raise ConfigError(
             "WATCH_RELAY_SILENCE_SECONDS must be at least twice WATCH_RELAY_BEAT_SECONDS "

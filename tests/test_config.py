@@ -88,6 +88,9 @@ def test_dotenv_file_is_read_and_environment_wins(tmp_path: Path) -> None:
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"ACCESS_LOG": "sometimes"}, "ACCESS_LOG"),
         ({"CATALOG_POLL_SECONDS": "nan"}, "CATALOG_POLL_SECONDS"),
+        ({"WATCH_REPORT_RELAXED_SECONDS": "1"}, "WATCH_REPORT_RELAXED_SECONDS"),
+        ({"WATCH_REPORT_RELAXED_SECONDS": "-1"}, "WATCH_REPORT_RELAXED_SECONDS"),
+        ({"WATCH_REPORT_RELAXED_SECONDS": "soon"}, "WATCH_REPORT_RELAXED_SECONDS"),
     ],
 )
 def test_invalid_configuration_is_one_clear_error(environ: dict[str, str], fragment: str) -> None:

@@ -566,6 +566,72 @@ def test_drift_nudges_small_errors_seeks_large_ones_and_releases_the_nudge() -> 
     assert message["at"] == pytest.approx((now + 4) * 1000)
 
 
+def steady_report(room: Room, who: str, now: float) -> Outcome:
+    """A report exactly on the room's position at ``now``."""
+    position = room.playback.position_at(now)
+    return cmd(room, who, "room.position", now, position=position, at=now * 1000)
+
+
+def test_steady_reports_relax_the_pace_once_and_any_correction_restores_it() -> None:
+    room = playing_room("ann", "bob")
+    now = room.playback.at + 5
+    assert steady_report(room, "bob", now).sends == []
+    assert steady_report(room, "bob", now + 2).sends == []
+    (pace,) = steady_report(room, "bob", now + 4).sends  # the third in a row
+    assert pace.to == "bob"
+    assert pace.message == {"type": "room.pace", "reportInterval": 6000.0, "room": room.code}
+    assert steady_report(room, "bob", now + 10).sends == []  # told once
+    assert room.members["bob"].relaxed
+    assert not room.members["ann"].relaxed  # per member
+    # A drift correction: back on the fast pace (the client knows it from room.drift).
+    behind = cmd(room, "bob", "room.position", now + 16, position=0.0, at=(now + 16) * 1000)
+    assert [s.message["type"] for s in behind.sends] == ["room.drift"]
+    assert not room.members["bob"].relaxed
+    assert room.members["bob"].steady == 0
+
+
+def test_a_room_state_restores_the_fast_pace_of_everyone_it_reaches() -> None:
+    room = playing_room("ann", "bob", "cy")
+    now = room.playback.at + 5
+    for k in range(3):
+        for who in ("ann", "bob", "cy"):
+            steady_report(room, who, now + 2 * k)
+    assert all(m.relaxed for m in room.members.values())
+    cmd(room, "ann", "room.seek", now + 7, position=100)
+    assert not any(m.relaxed or m.steady for m in room.members.values())
+
+
+def test_reports_between_half_and_the_full_nudge_threshold_keep_the_fast_pace() -> None:
+    room = playing_room("ann", "bob")
+    now = room.playback.at + 5
+    off = CONFIG.drift_nudge * 0.75  # not corrected, not steady either
+    for k in range(5):
+        t = now + 2 * k
+        out = cmd(
+            room,
+            "bob",
+            "room.position",
+            t,
+            position=room.playback.position_at(t) + off,
+            at=t * 1000,
+        )
+        assert out.sends == []
+    assert not room.members["bob"].relaxed
+
+
+def test_pace_never_relaxes_when_the_relaxed_interval_is_not_longer() -> None:
+    config = RoomConfig(report_relaxed=0.0)
+    room = make_room("ann", "bob", config=config)
+    cmd(room, "ann", "room.content", T0, content=MOVIE)
+    ready_all(room, T0)
+    cmd(room, "ann", "room.play", T0)
+    assert room.playback.start_at is not None
+    room.tick(room.playback.start_at)
+    now = room.playback.at + 5
+    for k in range(6):
+        assert steady_report(room, "bob", now + 2 * k).sends == []
+
+
 def test_drift_reports_are_ignored_while_loading_or_before_the_anchor() -> None:
     room = playing_room("ann", "bob")
     start = room.playback.at

@@ -321,6 +321,40 @@ async def test_play_pause_seek_rate_and_content_keep_everyone_on_one_schedule(
             assert (state["content"]["seasonNumber"], state["position"]) == (1, 0)
 
 
+async def test_steady_reports_relax_the_pace_until_the_room_changes(
+    server: Server, tokens: dict[str, str]
+) -> None:
+    with trio.fail_after(30):
+        async with (
+            connect(server, tokens["alice"], "alice") as alice,
+            connect(server, tokens["bob"], "bob") as bob,
+        ):
+            code, _ = await create(alice)
+            await join(bob, code)
+            await alice.ok("room.content", {"content": MOVIE})
+            await ready_all(alice, bob)
+            await alice.ok("room.play")
+            state = await playing(alice, bob)
+
+            async def steady(times: int, anchor: dict[str, Any]) -> None:
+                for k in range(times):
+                    at = anchor["at"] + 10 * (k + 1)
+                    position = anchor["position"] + (at - anchor["at"]) / 1000 * anchor["rate"]
+                    report = {"position": position, "at": at}
+                    assert await bob.ok("room.position", report) == {"corrected": False}
+
+            await steady(3, state)
+            pace = await bob.expect("room.pace")
+            assert pace == {"type": "room.pace", "room": code, "reportInterval": 6000}
+            # A change of the room puts bob back on the welcome's pace (2 s): after it, three
+            # steady reports relax him again, with a new room.pace.
+            await alice.ok("room.seek", {"position": 300})
+            await bob.expect("room.state", phase="waiting")
+            state = await playing(bob)
+            await steady(3, state)
+            assert (await bob.expect("room.pace"))["reportInterval"] == 6000
+
+
 async def playing_or(alice: Member, bob: Member, phase: str) -> dict[str, Any]:
     states = [await m.expect("room.state", phase=phase) for m in (alice, bob)]
     assert states[0] == states[1]

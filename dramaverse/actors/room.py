@@ -83,6 +83,7 @@ def room_config(settings: Settings) -> RoomConfig:
         history_size=settings.watch_history_size,
         max_members=settings.watch_max_members,
         report_interval=settings.watch_report_seconds,
+        report_relaxed=settings.watch_report_relaxed_seconds,
     )
 
 

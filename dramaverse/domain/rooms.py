@@ -64,6 +64,7 @@ NUDGE_HORIZON = 2.0  # a nudge aims to remove the drift over this many seconds
 NUDGE_STEP = 0.005  # smaller changes to a member's nudge are not worth a message
 MAX_REPORT_AGE = 5.0  # seconds: older position reports are stale
 MAX_REPORT_AHEAD = 1.0  # seconds: a report "from the future" beyond this is a broken clock
+STEADY_REPORTS = 3  # reports in a row within half the nudge threshold before the pace relaxes
 SNAPSHOT_VERSION = 1
 
 
@@ -102,6 +103,7 @@ class RoomConfig:
     history_size: int = 50
     max_members: int = 50
     report_interval: float = 2.0
+    report_relaxed: float = 6.0  # a steady member's interval; <= report_interval: never relax
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +134,8 @@ class Member:
     status: MemberStatus = MemberStatus.LOADING
     left_out: bool = False  # left out of a barrier: catches up alone until the content changes
     nudge: float = 0.0  # the rate correction last sent, as a fraction of the room's rate
+    steady: int = 0  # position reports in a row within half the nudge threshold
+    relaxed: bool = False  # told to report every report_relaxed (room.pace)
     clock: ClockSync = field(default_factory=ClockSync)
     chat_times: deque[float] = field(default_factory=deque)
 
@@ -322,6 +326,7 @@ class Room:
         member.disconnected_at = None
         member.status = MemberStatus.LOADING
         member.nudge = 0.0
+        member.steady, member.relaxed = 0, False  # the welcome sets the fast pace
         member.clock.start(now)
         if self.host is None:
             self.host = member_id
@@ -642,7 +647,13 @@ class Room:
         if member.status is not MemberStatus.READY or t < playback.at:
             return Outcome([], {"corrected": False})
         if playback.phase is Phase.PLAYING:
-            return self._correct(member, reported - playback.position_at(t), now)
+            error = reported - playback.position_at(t)
+            outcome = self._correct(member, error, now)
+            if outcome.sends:  # a room.drift: the member is back on the fast pace
+                member.steady, member.relaxed = 0, False
+            else:
+                outcome.sends.extend(self._pace(member, error))
+            return outcome
         if playback.phase is Phase.PAUSED:
             error = reported - playback.position
             if abs(error) >= self.config.drift_seek:
@@ -664,6 +675,27 @@ class Room:
             return Outcome([], {"corrected": False})
         member.nudge = nudge
         return Outcome([self._drift(member, "rate", error, now)], {"corrected": True})
+
+    def _pace(self, member: Member, error: float) -> list[Send]:
+        """Relax a steady member's reports: after STEADY_REPORTS in a row within half the nudge
+        threshold (and no nudge running), one ``room.pace`` with ``report_relaxed``. Drift is
+        slow (media clocks are off by well under 0.1 %, a few ms per relaxed interval), so the
+        reports that matter are the ones after a change, and those come at the fast pace:
+        ``room.welcome``, ``room.state`` and ``room.drift`` put the member back on it."""
+        config = self.config
+        if abs(error) >= config.drift_nudge / 2 or member.nudge != 0.0:
+            member.steady = 0
+            return []
+        member.steady += 1
+        if (
+            member.relaxed
+            or member.steady < STEADY_REPORTS
+            or config.report_relaxed <= config.report_interval
+        ):
+            return []
+        member.relaxed = True
+        pace = {"type": "room.pace", "reportInterval": to_ms(config.report_relaxed)}
+        return [Send(member.id, self._message(pace))]
 
     def _drift(self, member: Member, action: str, error: float, now: float) -> Send:
         playback = self.playback
@@ -767,6 +799,9 @@ class Room:
         }
 
     def _state_send(self, exclude: str | None = None) -> Send:
+        for member in self.members.values():
+            if member.id != exclude:  # a room.state puts its receivers back on the fast pace
+                member.steady, member.relaxed = 0, False
         return Send(None, self._message({"type": "room.state", **self._state_json()}), exclude)
 
     # --- persistence ---------------------------------------------------------------------
