@@ -62,7 +62,8 @@ the host creates its room with ``room.create`` and the others ``room.join`` it, 
 delays and jitter are added on the client side, on top of loopback. The true position comes from
 the room's own ``room.state`` frames as the host's socket receives them (before the injected
 delay), with server time = this process's wall clock (same machine). Runs on the real clock;
-the figures add the server's CPU time and RSS. Bounded to 2,000 members (one socket each).
+the figures add the server's CPU time (also per 5 s: ``server.cpu_timeline``) and RSS. Bounded
+to 8,000 members (one socket each).
 
     python -m bench.watchparty_sim --server --rooms 50 --members 4
 
@@ -99,6 +100,7 @@ from bench.wsclient import (
     WSClosed,
     WSConn,
     open_session,
+    raise_nofile_limit,
     register_users,
 )
 from dramaverse.actors.room import (
@@ -119,7 +121,8 @@ PREDICTED_SEEK = 0.15  # what a client assumes a seek takes
 EARLY_REPORT = 0.5  # seconds after a (re)start when a client reports once out of turn
 HIST_RESOLUTION = 10_000  # bins per second: 0.1 ms
 HIST_LIMIT = 30.0  # seconds; larger errors land in the last bin (and in max)
-MAX_SERVER_MEMBERS = 2000  # --server: one socket per member
+MAX_SERVER_MEMBERS = 8000  # --server: one socket per member
+CPU_TIMELINE_S = 5.0  # --server: the server's CPU is sampled this often
 SERVER_OUTBOX = 256  # --server: frames a member may have queued for its socket
 
 
@@ -266,7 +269,9 @@ class Client:
     stalled: bool = False
     connected: bool = False
     version: int = 0
-    report_interval: float = 1.0
+    report_interval: float = 1.0  # the current pace (room.pace relaxes it)
+    fast_interval: float = 1.0  # the welcome's reportInterval
+    report_chain: int = 0  # periodic reports of an older chain are dropped
     busy_until: float = 0.0
     last_up: float = 0.0
     last_down: float = 0.0
@@ -354,15 +359,22 @@ class Client:
         elif kind == "room.welcome":
             self.connected = True
             self.room.code = message["room"]  # --server: its frames name the room from now on
-            self.report_interval = message["reportInterval"] / 1000
+            self.fast_interval = self.report_interval = message["reportInterval"] / 1000
             if self.offset_est is None:  # rough until clock.sync: off by the one-way delay
                 self.offset_est = self.local_now() - message["serverTime"] / 1000
             self.apply(message["state"])
-            self.sim.scheduler.at(now + self.rng.uniform(0, self.report_interval), self.report)
+            self.report_chain += 1
+            first = now + self.rng.uniform(0, self.report_interval)
+            self.sim.scheduler.at(first, self.report, self.report_chain)
         elif kind == "room.state":
+            self.fast_pace(now)
             self.apply(message)
         elif kind == "room.drift":
+            self.fast_pace(now)
             self.on_drift(message, now)
+        elif kind == "room.pace":
+            self.report_interval = message["reportInterval"] / 1000
+            self.sim.paces += 1
         elif kind == "error":
             self.sim.errors.append(message)
         elif kind == "ack" and message.get("id") == "create":  # --server: the room's code
@@ -415,7 +427,7 @@ class Client:
 
     def report_soon(self) -> None:
         """One extra report shortly after (re)starting: a bad start is corrected at once."""
-        self.sim.scheduler.at(self.player.since + EARLY_REPORT, self.report, False)
+        self.sim.scheduler.at(self.player.since + EARLY_REPORT, self.report, None)
 
     def catch_up(self, now: float, *, force: bool) -> None:
         """Seek to where the room will be once the seek is done (as far as we can predict)."""
@@ -438,10 +450,20 @@ class Client:
             self.sim.drift_seeks += 1
             self.catch_up(now, force=True)
 
-    def report(self, periodic: bool = True) -> None:
+    def fast_pace(self, now: float) -> None:
+        """``room.state`` and ``room.drift`` put the member back on the welcome's pace."""
+        if self.report_interval != self.fast_interval:
+            self.report_interval = self.fast_interval
+            self.report_chain += 1  # the relaxed chain's next report is too far away
+            self.sim.scheduler.at(now + self.report_interval, self.report, self.report_chain)
+
+    def report(self, chain: int | None = None) -> None:
+        """A position report: periodic (``chain``) or once out of turn (``None``)."""
         now = trio.current_time()
-        if periodic:
-            self.sim.scheduler.at(now + self.report_interval, self.report)
+        if chain is not None:
+            if chain != self.report_chain:
+                return  # superseded by a newer chain
+            self.sim.scheduler.at(now + self.report_interval, self.report, chain)
         if (
             self.connected
             and self.loaded
@@ -505,6 +527,7 @@ class Sim:
         self.inbox_full = 0
         self.room_gone = 0
         self.nudges = self.drift_seeks = self.catch_ups = 0
+        self.paces = 0  # room.pace frames received (reports relaxed)
         self.barriers = 0
         self.rooms_peak = 0
         self.rooms: list[RoomSim] = []
@@ -669,6 +692,10 @@ class Sim:
             settings = Settings()
             if args.report_interval is not None:
                 settings = dataclasses.replace(settings, watch_report_seconds=args.report_interval)
+            if args.report_relaxed is not None:
+                settings = dataclasses.replace(
+                    settings, watch_report_relaxed_seconds=args.report_relaxed
+                )
             async with open_rooms(settings, clock=clock) as registry:
                 rooms_held = await self.script(registry, nursery)
                 rss_peak_now = rss_mb()
@@ -702,12 +729,14 @@ class Sim:
         server_cpu_start = server.cpu_s() or 0.0
         server_rss_start = server.rss_mb()
         wall_start = time.perf_counter()
+        timeline: list[dict[str, float]] = []
         async with trio.open_nursery() as nursery:
             for conn, client in pairs:
                 send, receive = trio.open_memory_channel[str](SERVER_OUTBOX)
                 client.socket = send
                 nursery.start_soon(self._socket_writer, conn, receive)
                 nursery.start_soon(self._socket_reader, conn, client)
+            nursery.start_soon(self._server_cpu_timeline, server, timeline)
             rooms_held = await self.script(None, nursery)
             rss_peak_now = rss_mb()
             server_rss = server.rss_mb()
@@ -725,8 +754,22 @@ class Sim:
             ),
             "rss_mb": {"start": server_rss_start, "end": server_rss},
             "sockets": len(pairs),
+            "cpu_timeline": timeline,
         }
         return result
+
+    @staticmethod
+    async def _server_cpu_timeline(server: BenchServer, out: list[dict[str, float]]) -> None:
+        """The server's CPU, in cores, over each 5 s of the script (joins and bursts vs the
+        steady state)."""
+        t0 = time.perf_counter()
+        last = server.cpu_s() or 0.0
+        while True:
+            await trio.sleep(CPU_TIMELINE_S)
+            now = server.cpu_s() or 0.0
+            elapsed = time.perf_counter() - t0
+            out.append({"t": round(elapsed), "cores": round((now - last) / CPU_TIMELINE_S, 3)})
+            last = now
 
     async def _socket_writer(self, conn: WSConn, receive: trio.MemoryReceiveChannel[str]) -> None:
         """The only task that sends on ``conn`` (WSConn has no locking)."""
@@ -804,6 +847,7 @@ class Sim:
                 "drift_seeks": self.drift_seeks,
                 "client_catch_ups": self.catch_ups,
             },
+            "reports_relaxed": self.paces,
             "frames": {
                 "up": self.frames_up,
                 "down": self.frames_down,
@@ -869,6 +913,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--report-interval", type=float, help="WATCH_REPORT_SECONDS (default: the server's)"
     )
     parser.add_argument(
+        "--report-relaxed",
+        type=float,
+        help="WATCH_REPORT_RELAXED_SECONDS (default: the server's; 0: never relax)",
+    )
+    parser.add_argument(
         "--gc-threshold",
         type=int,
         default=50_000,
@@ -913,7 +962,10 @@ def main(argv: list[str] | None = None) -> int:
         env = {}
         if args.report_interval is not None:
             env["WATCH_REPORT_SECONDS"] = str(args.report_interval)
+        if args.report_relaxed is not None:
+            env["WATCH_REPORT_RELAXED_SECONDS"] = str(args.report_relaxed)
         log = partial(print, file=sys.stderr)
+        raise_nofile_limit()  # one socket per member here and one in the server (it inherits)
         with BenchServer("watchparty", env_extra=env, log=log) as server:
             result = trio.run(sim.run_server, server)
     else:
