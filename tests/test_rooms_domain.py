@@ -505,24 +505,47 @@ def test_clock_sync_keeps_the_lowest_delay_sample_of_a_burst_then_resyncs() -> N
     delays = [(0.30, 0.05), (0.04, 0.20), (0.02, 0.03), (0.10, 0.10), (0.25, 0.01)]
     now = T0
     syncs = []
-    for up, down in delays:
+    for k, (up, down) in enumerate(delays):
         ((seq, t0),) = clock.pending.items()
         t1 = (t0 + down + offset) * 1000
         now = t0 + down + up
         out = room.handle("ann", "clock.pong", {"seq": seq, "t1": t1, "t2": t1 + 5}, now + 0.005)
         syncs += of_type(out.sends, "clock.sync")
         pings = of_type(out.sends, "clock.ping")
-        assert len(pings) == (1 if len(syncs) < SAMPLES_PER_BURST else 0)
+        assert len(pings) == (1 if k < SAMPLES_PER_BURST - 1 else 0)
         now += 0.005
     best = clock.best
     assert best is not None
     assert best.delay == pytest.approx(0.05)
     assert best.offset == pytest.approx(offset + (0.03 - 0.02) / 2)
+    # A clock.sync only when the estimate changed: samples 1-3 each improved the best one;
+    # 4 and 5 changed neither the offset nor the round trip much (0.24 -> 0.22 -> 0.24 s).
+    assert [s.message["samples"] for s in syncs] == [1, 2, 3]
     assert syncs[-1].message["offset"] == pytest.approx(best.offset * 1000, abs=0.01)
-    assert syncs[-1].message["samples"] == SAMPLES_PER_BURST
     assert clock.rtt == pytest.approx(0.24)  # the median round trip
     assert clock.next_ping_at == pytest.approx(now + RESYNC_INTERVAL)
     assert of_type(room.tick(now + RESYNC_INTERVAL), "clock.ping")
+
+
+def test_clock_sync_is_sent_again_when_the_offset_moves_or_the_member_reconnects() -> None:
+    room = make_room("ann")
+    clock = room.members["ann"].clock
+
+    def pong(offset: float, up: float = 0.02, down: float = 0.02) -> list[Send]:
+        ((seq, t0),) = clock.pending.items()
+        t1 = (t0 + down + offset) * 1000
+        out = room.handle("ann", "clock.pong", {"seq": seq, "t1": t1, "t2": t1}, t0 + up + down)
+        room.tick(t0 + up + down)
+        return of_type(out.sends, "clock.sync")
+
+    assert len(pong(2.0)) == 1
+    assert pong(2.0) == []  # the same estimate: nothing to tell
+    (moved,) = pong(2.5, up=0.01, down=0.01)  # a faster sample with another offset wins
+    assert moved.message["offset"] == pytest.approx(2500.0)
+    assert moved.message["delay"] == pytest.approx(20.0)
+    room.disconnect("ann", T0 + 5)
+    room.join("ann", "Ann", T0 + 6)
+    assert len(pong(2.0)) == 1  # a new connection may be a new client: told again
 
 
 def test_unanswered_ping_is_retried_and_late_pongs_still_count() -> None:

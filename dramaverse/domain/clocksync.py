@@ -42,6 +42,9 @@ RESYNC_INTERVAL = 30.0
 MAX_PENDING = 4
 MAX_CLOCK_MS = 1e15  # any clock reading beyond this (31,000 years in ms) is garbage
 MAX_THINK_TIME = 5.0  # seconds a member may take between receiving a ping and answering it
+SYNC_OFFSET_STEP = 0.001  # seconds: a smaller change of the offset is not worth a clock.sync
+SYNC_RTT_CHANGE = 0.2  # nor a change of the round trip under 20 % (and under SYNC_RTT_FLOOR)
+SYNC_RTT_FLOOR = 0.005
 
 
 def to_ms(seconds: float) -> float:
@@ -65,9 +68,11 @@ class ClockSync:
     next_seq: int = 1
     burst_left: int = SAMPLES_PER_BURST
     next_ping_at: float | None = None  # server time; None = no ping planned (not connected)
+    told: tuple[float, float] | None = None  # (offset, rtt) of the last clock.sync sent
 
     def start(self, now: float) -> None:
         """The member (re)connected: forget pings in flight and plan a fresh burst now."""
+        self.told = None  # a new connection may be a new client: it gets a clock.sync again
         self.pending.clear()
         self.burst_left = SAMPLES_PER_BURST
         self.next_ping_at = now
@@ -142,11 +147,23 @@ class ClockSync:
         return statistics.median(s.delay for s in self.samples)
 
     def sync_message(self) -> dict[str, Any] | None:
-        """``clock.sync``: what the member should add to server times to get its own clock."""
+        """``clock.sync``: what the member should add to server times to get its own clock.
+
+        None when there is no sample yet, or when nothing the member uses changed since the last
+        one: the offset by less than :data:`SYNC_OFFSET_STEP` and the round trip by less than
+        :data:`SYNC_RTT_CHANGE` (or :data:`SYNC_RTT_FLOOR`). Most samples do not improve on the
+        best one, so most pings need no clock.sync."""
         best = self.best
         rtt = self.rtt
         if best is None or rtt is None:
             return None
+        if self.told is not None:
+            offset, told_rtt = self.told
+            if abs(best.offset - offset) < SYNC_OFFSET_STEP and abs(rtt - told_rtt) < max(
+                SYNC_RTT_FLOOR, SYNC_RTT_CHANGE * told_rtt
+            ):
+                return None
+        self.told = (best.offset, rtt)
         return {
             "type": "clock.sync",
             "offset": to_ms(best.offset),
