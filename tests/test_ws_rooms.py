@@ -581,7 +581,7 @@ BAD_COMMANDS: list[tuple[str, Any, dict[str, Any], int, str]] = [
     ("room.status", {"state": "maybe"}, {}, 400, "state"),
     ("room.position", {"position": "x"}, {}, 400, "position"),
     ("room.position", {"position": 1, "at": 1}, {}, 400, "too far"),
-    ("clock.pong", {"seq": 999, "t1": 1, "t2": 1}, {}, 400, "unknown or expired"),
+    ("clock.pong", {"seq": 999, "t1": 1, "t2": 1}, {}, 400, "never sent"),
     ("clock.pong", {"seq": "1"}, {}, 400, "seq"),
     ("room.chat", {"text": ""}, {}, 400, "empty"),
     ("room.join", {}, {}, 400, "needs data.code"),

@@ -69,6 +69,7 @@ class ClockSync:
     burst_left: int = SAMPLES_PER_BURST
     next_ping_at: float | None = None  # server time; None = no ping planned (not connected)
     told: tuple[float, float] | None = None  # (offset, rtt) of the last clock.sync sent
+    late_pongs: int = 0  # answers to pings no longer waited for (dropped)
 
     def start(self, now: float) -> None:
         """The member (re)connected: forget pings in flight and plan a fresh burst now."""
@@ -95,13 +96,19 @@ class ClockSync:
         self.next_ping_at = now + PING_TIMEOUT
         return {"type": "clock.ping", "seq": seq, "t0": to_ms(now)}
 
-    def check_pong(self, data: Mapping[str, Any]) -> tuple[int, float, float]:
-        """Validate a ``clock.pong`` body; returns ``(seq, t1, t2)`` with times in seconds."""
+    def check_pong(self, data: Mapping[str, Any]) -> tuple[int, float, float] | None:
+        """Validate a ``clock.pong`` body; returns ``(seq, t1, t2)`` with times in seconds, or
+        None for a late answer to a ping this connection was sent but no longer waits for
+        (retried or pushed out of the window): a slow network or a busy server, not the
+        member's fault, so it is dropped without an error."""
         seq = data.get("seq")
         if not isinstance(seq, int) or isinstance(seq, bool):
             raise BadRequest("clock.pong.seq must be the integer of a clock.ping.")
         if seq not in self.pending:
-            raise BadRequest(f"clock.pong answers ping {seq}, which is unknown or expired.")
+            if 0 < seq < self.next_seq:
+                self.late_pongs += 1
+                return None
+            raise BadRequest(f"clock.pong answers ping {seq}, which was never sent.")
         times = []
         for name in ("t1", "t2"):
             value = data.get(name)

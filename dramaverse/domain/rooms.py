@@ -711,7 +711,10 @@ class Room:
 
     @command("clock.pong", "seq", "t1", "t2")
     def _pong(self, member: Member, data: Mapping[str, Any], now: float) -> Outcome:
-        seq, t1, t2 = member.clock.check_pong(data)
+        checked = member.clock.check_pong(data)
+        if checked is None:
+            return Outcome([], {})  # a late answer to an expired ping: nothing to learn
+        seq, t1, t2 = checked
         member.clock.pong(seq, t1, t2, now)
         sends: list[Send] = []
         sync = member.clock.sync_message()
