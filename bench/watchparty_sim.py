@@ -68,7 +68,8 @@ to 8,000 members (one socket each).
     python -m bench.watchparty_sim --server --rooms 50 --members 4
 
 Exit status: 0 when the targets hold (p99 error < 100 ms, every seek converged within 2 s, no
-error frames), 2 otherwise.
+error frames, no socket closed by the server: ``closed_by_server`` counts them by code and
+reason), 2 otherwise.
 """
 
 from __future__ import annotations
@@ -528,6 +529,8 @@ class Sim:
         self.room_gone = 0
         self.nudges = self.drift_seeks = self.catch_ups = 0
         self.paces = 0  # room.pace frames received (reports relaxed)
+        self.closed_by_server: dict[str, int] = {}  # --server: "code reason" -> sockets
+        self.stopping = False
         self.barriers = 0
         self.rooms_peak = 0
         self.rooms: list[RoomSim] = []
@@ -740,6 +743,7 @@ class Sim:
             rooms_held = await self.script(None, nursery)
             rss_peak_now = rss_mb()
             server_rss = server.rss_mb()
+            self.stopping = True
             nursery.cancel_scope.cancel()
         for conn, _ in pairs:
             with trio.move_on_after(1):
@@ -781,22 +785,32 @@ class Sim:
         room = client.room
         is_host = client is room.clients[0]
         assert client.socket is not None
-        with contextlib.suppress(WSClosed):
-            while True:
-                frame = json.loads(await conn.receive())
-                kind = frame["type"]
-                if kind == "ping":  # the heartbeat: answered at once, through the writer
-                    client.socket.send_nowait(PONG)
-                    continue
-                if is_host:  # the truth: the room's broadcasts as they leave the server
-                    if kind == "room.state":
-                        room.state = frame
-                    elif kind == "room.welcome":
-                        room.state = frame["state"]
-                        room.members = frame["members"]
-                    elif kind == "room.members":
-                        room.members = frame["members"]
-                client.send_nowait(frame)
+        try:
+            await self._read_socket(conn, client, room, is_host)
+        except WSClosed as closed:
+            if not self.stopping:  # the server ended it during the run: count why
+                key = f"{closed.code} {closed.reason}".strip()
+                self.closed_by_server[key] = self.closed_by_server.get(key, 0) + 1
+
+    async def _read_socket(
+        self, conn: WSConn, client: Client, room: RoomSim, is_host: bool
+    ) -> None:
+        assert client.socket is not None
+        while True:
+            frame = json.loads(await conn.receive())
+            kind = frame["type"]
+            if kind == "ping":  # the heartbeat: answered at once, through the writer
+                client.socket.send_nowait(PONG)
+                continue
+            if is_host:  # the truth: the room's broadcasts as they leave the server
+                if kind == "room.state":
+                    room.state = frame
+                elif kind == "room.welcome":
+                    room.state = frame["state"]
+                    room.members = frame["members"]
+                elif kind == "room.members":
+                    room.members = frame["members"]
+            client.send_nowait(frame)
 
     async def script(self, registry: RoomRegistry | None, nursery: trio.Nursery) -> int:
         """Run every room's script and the samplers; return the rooms held at the end."""
@@ -825,6 +839,7 @@ class Sim:
             and seek.get("count") == args.rooms
             and seek.get("max", math.inf) <= 2.0
             and not self.errors
+            and not self.closed_by_server
         )
         return {
             "ok": ok,
@@ -848,6 +863,7 @@ class Sim:
                 "client_catch_ups": self.catch_ups,
             },
             "reports_relaxed": self.paces,
+            "closed_by_server": self.closed_by_server,
             "frames": {
                 "up": self.frames_up,
                 "down": self.frames_down,

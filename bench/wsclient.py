@@ -59,6 +59,7 @@ from wsproto.events import (
 )
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import Opcode, RsvBits
+from wsproto.utilities import LocalProtocolError
 
 from bench.catalog_bench import (
     HOST,
@@ -239,6 +240,8 @@ class WSConn:
             await self._stream.send_all(self._ws.send(TextMessage(data=text)))
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise WSClosed(1006, f"send failed: {type(exc).__name__}") from None
+        except LocalProtocolError:  # the server's close frame arrived first
+            raise WSClosed(1006, "send after the connection closed") from None
 
     async def send_json(self, obj: Any) -> None:
         await self.send_text(json.dumps(obj, separators=(",", ":")))
