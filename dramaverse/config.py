@@ -107,6 +107,7 @@ class Settings:
     player_status_keep: int = 5
     player_status_rate: RateLimit | None = RateLimit(120, 60)
     room_snapshot_retention_seconds: int = 86400
+    room_snapshot_delay_seconds: float = 1.0
     # Worker processes (docs/scaling.md): WORKERS and WORKER_SOCKET_DIR come from the
     # environment; worker_id and worker_listen_fd are set by the supervisor for each worker.
     workers: int = 1
@@ -398,6 +399,9 @@ def _player_status(get: Callable[[str], str | None]) -> dict[str, Any]:
             86400,
             60,
             366 * 86400,
+        ),
+        "room_snapshot_delay_seconds": _float(
+            get("ROOM_SNAPSHOT_DELAY_SECONDS"), "ROOM_SNAPSHOT_DELAY_SECONDS", 1.0, 0.0, 60
         ),
     }
 

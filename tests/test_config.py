@@ -91,6 +91,8 @@ def test_dotenv_file_is_read_and_environment_wins(tmp_path: Path) -> None:
         ({"WATCH_REPORT_RELAXED_SECONDS": "1"}, "WATCH_REPORT_RELAXED_SECONDS"),
         ({"WATCH_REPORT_RELAXED_SECONDS": "-1"}, "WATCH_REPORT_RELAXED_SECONDS"),
         ({"WATCH_REPORT_RELAXED_SECONDS": "soon"}, "WATCH_REPORT_RELAXED_SECONDS"),
+        ({"ROOM_SNAPSHOT_DELAY_SECONDS": "61"}, "ROOM_SNAPSHOT_DELAY_SECONDS"),
+        ({"ROOM_SNAPSHOT_DELAY_SECONDS": "-0.5"}, "ROOM_SNAPSHOT_DELAY_SECONDS"),
     ],
 )
 def test_invalid_configuration_is_one_clear_error(environ: dict[str, str], fragment: str) -> None:

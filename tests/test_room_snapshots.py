@@ -70,7 +70,44 @@ def room(code: str, revision: int) -> Room:
 
 
 def writer_for(storage: FakeStorage, **options: Any) -> SnapshotWriter:
+    """A writer without the coalescing delay unless the test gives one."""
+    options.setdefault("delay", 0.0)
     return SnapshotWriter(cast(Storage, storage), ServerClock(epoch=0.0), **options)
+
+
+async def test_changes_within_the_delay_make_one_write_of_the_latest_snapshot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    storage = FakeStorage()
+    writer = writer_for(storage, delay=1.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        writer.offer(room(CODES[0], 0))  # a new room: written at once
+        await trio.sleep(0.01)
+        assert storage.log == [("save", CODES[0], 0)]
+        t0 = trio.current_time()
+        for revision in (1, 2, 3):  # three changes within 0.6 s
+            writer.offer(room(CODES[0], revision))
+            await trio.sleep(0.3)
+        assert len(storage.log) == 1  # not due yet: 1 s after the first change
+        await trio.sleep_until(t0 + 1.0 + 0.01)
+        assert storage.log[-1] == ("save", CODES[0], 3)
+        assert len(storage.log) == 2
+        writer.offer(room(CODES[0], 4))  # a later change: due 1 s after it
+        await trio.sleep(0.5)
+        assert len(storage.log) == 2
+        await trio.sleep(0.6)
+        assert storage.log[-1] == ("save", CODES[0], 4)
+        writer.offer(room(CODES[1], 1))  # new: at once...
+        writer.offer(room(CODES[1], 2))  # ...with whatever changed before the write
+        writer.ended(CODES[0])  # a deletion is not delayed
+        await trio.sleep(0.01)
+        assert set(storage.log[-2:]) == {("delete", CODES[0], None), ("save", CODES[1], 2)}
+        writer.offer(room(CODES[1], 3))  # stored now: due in 1 s
+        await writer.flushed()  # does not wait out the delay
+        assert trio.current_time() - t0 < 2.2
+        assert storage.log[-1] == ("save", CODES[1], 3)
+        nursery.cancel_scope.cancel()
 
 
 async def test_latest_snapshot_wins_with_one_write_per_room_in_flight(

@@ -2,11 +2,15 @@
 
 A room actor calls ``on_change(room)`` after every change its snapshot records, in its own task,
 and must never wait for storage. :class:`SnapshotWriter` takes that call (:meth:`offer`), keeps
-only the **latest** snapshot of each room in a pending map (a room that changes ten times while
-its previous snapshot is being written gets one more write, not ten), and a few writer tasks save
-the pending snapshots. At most one write per room is in flight, so an older snapshot can never
-land after a newer one. When a room ends by itself (empty past its grace, or crashed), the
-registry calls :meth:`ended` and its stored snapshot is deleted the same way.
+only the **latest** snapshot of each room in a pending map, due ``delay`` seconds after the
+first change since the room's last write (``ROOM_SNAPSHOT_DELAY_SECONDS``, 1 s): a room that
+changes ten times within that second (members joining, loading, getting ready) gets one write,
+not ten. A new room's first snapshot is written at once. A few writer tasks save the due
+snapshots. At most one write per room is in flight, so an older snapshot can never land after a
+newer one. A crash loses at most the changes of the
+last ``delay`` (plus a write's duration); a shutdown writes everything pending. When a room
+ends by itself (empty past its grace, or crashed), the registry calls :meth:`ended` and its
+stored snapshot is deleted, at once.
 
 Bounds: the pending map holds at most one entry per room and at most ``max_pending`` rooms;
 a room that changes while the map is full (storage far behind) is remembered by code only and
@@ -35,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -50,6 +55,7 @@ from dramaverse.storage.base import Storage
 log = logging.getLogger(__name__)
 
 WRITERS = 4  # concurrent writes (different rooms): SQLite batches them in one commit
+DELAY_SECONDS = 1.0  # the default ROOM_SNAPSHOT_DELAY_SECONDS
 MAX_PENDING = 10_000  # rooms with a snapshot waiting to be written
 REFRESH_SECONDS = 10.0  # how often the refresher looks for rooms to snapshot again
 RETRY_SECONDS = 1.0  # a writer's pause after a failed write
@@ -72,13 +78,16 @@ class SnapshotWriter:
         stop_recording: trio.Event | None = None,
         max_pending: int = MAX_PENDING,
         writers: int = WRITERS,
+        delay: float = DELAY_SECONDS,
     ) -> None:
         self._storage = storage
         self._clock = clock
         self._stop_recording = stop_recording
         self._max_pending = max_pending
         self._writers = writers
+        self._delay = delay
         self._pending: dict[str, Snapshot] = {}
+        self._due: dict[str, float] = {}  # trio time from which a pending snapshot is written
         self._in_flight: set[str] = set()
         self._missed: set[str] = set()  # changed while the pending map was full
         self._work = trio.lowlevel.ParkingLot()  # writers wait here for pending snapshots
@@ -103,9 +112,14 @@ class SnapshotWriter:
                 log.warning("room snapshots are %d rooms behind; catching up", self._max_pending)
             self._missed.add(code)
             return
+        if code not in self._pending:  # due after the first change, not the last one
+            # A new room's first snapshot goes at once: other processes learn of it (its code
+            # is taken, its host is known) without waiting for the delay.
+            delay = self._delay if code in self.stored else 0.0
+            self._due[code] = trio.current_time() + delay
+            self._work.unpark_all()
         self._pending[code] = room.snapshot()
         self.stored.add(code)
-        self._work.unpark_all()
 
     def ended(self, code: str) -> None:
         """The room ended by itself: delete its snapshot (after any write in flight)."""
@@ -113,6 +127,7 @@ class SnapshotWriter:
             return
         self._missed.discard(code)
         self._pending[code] = None
+        self._due[code] = trio.current_time()  # at once
         self._work.unpark_all()
 
     def taken(self, code: str) -> bool:
@@ -123,6 +138,7 @@ class SnapshotWriter:
         """Drop what is pending for ``code`` (a write in flight still lands): this process no
         longer owns the room, and the next owner's snapshots must not be overwritten."""
         self._pending.pop(code, None)
+        self._due.pop(code, None)
         self._missed.discard(code)
         self._progress.unpark_all()
 
@@ -145,15 +161,24 @@ class SnapshotWriter:
                 scope.shield = True
                 while self._pending:
                     code = next(iter(self._pending))
+                    self._due.pop(code, None)
                     if not await self._write(code, self._pending.pop(code)):
                         break  # storage is down: what is left is lost
             if self._pending:
                 log.warning("%d room snapshots not written at shutdown", len(self._pending))
 
     async def flushed(self) -> None:
-        """Wait until nothing is pending or being written (tests, diagnostics)."""
+        """Write everything pending now, without waiting for its delay, and wait until it is
+        written (tests, diagnostics)."""
         while self._pending or self._in_flight:
+            self._expedite()
             await self._progress.park()
+
+    def _expedite(self) -> None:
+        now = trio.current_time()
+        for code, due in self._due.items():
+            self._due[code] = min(due, now)
+        self._work.unpark_all()
 
     async def _writer(self) -> None:
         while True:
@@ -163,20 +188,30 @@ class SnapshotWriter:
                 done = await self._write(code, snapshot)
             finally:
                 self._in_flight.discard(code)
-                if not done:  # failed or cancelled: write it later, unless something newer came
-                    self._pending.setdefault(code, snapshot)
+                if not done and code not in self._pending:
+                    # Failed or cancelled, and nothing newer came: write it again later.
+                    self._pending[code] = snapshot
+                    self._due[code] = trio.current_time()
                 self._work.unpark_all()  # a newer snapshot of this room may be waiting
                 self._progress.unpark_all()
             if not done:
                 await trio.sleep(RETRY_SECONDS)
 
     async def _take(self) -> tuple[str, Snapshot]:
+        """The next due snapshot (oldest first); waits for one."""
         while True:
-            for code in self._pending:
-                if code not in self._in_flight:
+            now = trio.current_time()
+            wake = math.inf
+            for code, due in self._due.items():
+                if code in self._in_flight:
+                    continue
+                if due <= now:
                     self._in_flight.add(code)
+                    del self._due[code]
                     return code, self._pending.pop(code)
-            await self._work.park()
+                wake = min(wake, due)
+            with trio.move_on_at(wake):
+                await self._work.park()
 
     async def _write(self, code: str, snapshot: Snapshot) -> bool:
         """Save or delete one snapshot; False when storage failed (retry later)."""
@@ -283,7 +318,12 @@ async def open_watch_parties(
     own; leaving stops the rooms first, then the writer (which writes what is pending).
     """
     clock = clock or ServerClock()
-    writer = SnapshotWriter(storage, clock, stop_recording=stop_recording)
+    writer = SnapshotWriter(
+        storage,
+        clock,
+        stop_recording=stop_recording,
+        delay=settings.room_snapshot_delay_seconds,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         async with open_rooms(

@@ -73,7 +73,7 @@ def room_host_lookup(registry: RoomRegistry, storage: Storage | None = None) -> 
     True iff the room's host is that user. For a room that lives here it reads the room's
     ``host`` directly instead of asking the actor: one attribute read, atomic between trio
     checkpoints, so the HTTP request never waits behind a busy room. For any other room it reads
-    the room's latest snapshot (written within moments of every change by its owner), when
+    the room's latest snapshot (written within ROOM_SNAPSHOT_DELAY_SECONDS of a change), when
     ``storage`` is given (several processes). A malformed code raises BadRequest, which the
     caller takes as False.
     """
