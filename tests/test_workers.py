@@ -25,6 +25,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from dramaverse.config import load_settings
+from dramaverse.storage import open_storage
 from dramaverse.supervisor import RestartPolicy, Supervisor, bind_listener
 from tests.cluster import (
     GRACE,
@@ -122,6 +123,11 @@ async def test_a_crash_looping_worker_makes_the_supervisor_give_up(tmp_path: Pat
     env = cluster_env(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}")
     env.pop("REDIS_URL", None)
     settings = load_settings({**env, "WORKERS": "2"}, dotenv_path=None)
+    # Migrated first, as `serve --workers` does before starting workers: otherwise the two
+    # workers race to migrate the same SQLite file and a "database is locked" start failure
+    # counts as one more crash.
+    async with open_storage(settings):
+        pass
     # Worker 0 cannot bind its private socket (a directory is in the way): it fails at start,
     # every time. Worker 1 is fine until the supervisor gives up and stops it too.
     (tmp_path / "w" / "0.sock").mkdir(parents=True)
