@@ -329,12 +329,7 @@ async def test_steady_reports_relax_the_pace_until_the_room_changes(
             connect(server, tokens["alice"], "alice") as alice,
             connect(server, tokens["bob"], "bob") as bob,
         ):
-            code, _ = await create(alice)
-            await join(bob, code)
-            await alice.ok("room.content", {"content": MOVIE})
-            await ready_all(alice, bob)
-            await alice.ok("room.play")
-            state = await playing(alice, bob)
+            code, state = await playing_together(alice, bob)
 
             async def steady(times: int, anchor: dict[str, Any]) -> None:
                 for k in range(times):
@@ -355,6 +350,16 @@ async def test_steady_reports_relax_the_pace_until_the_room_changes(
             assert (await bob.expect("room.pace"))["reportInterval"] == 6000
 
 
+async def playing_together(alice: Member, bob: Member) -> tuple[str, dict[str, Any]]:
+    """Alice creates a room, bob joins, a movie plays: the code and the playing state."""
+    code, _ = await create(alice)
+    await join(bob, code)
+    await alice.ok("room.content", {"content": MOVIE})
+    await ready_all(alice, bob)
+    await alice.ok("room.play")
+    return code, await playing(alice, bob)
+
+
 async def playing_or(alice: Member, bob: Member, phase: str) -> dict[str, Any]:
     states = [await m.expect("room.state", phase=phase) for m in (alice, bob)]
     assert states[0] == states[1]
@@ -369,12 +374,7 @@ async def test_buffering_waits_for_the_member_then_resumes(
             connect(server, tokens["alice"], "alice") as alice,
             connect(server, tokens["bob"], "bob") as bob,
         ):
-            code, _ = await create(alice)
-            await join(bob, code)
-            await alice.ok("room.content", {"content": MOVIE})
-            await ready_all(alice, bob)
-            await alice.ok("room.play")
-            await playing(alice, bob)
+            code, _ = await playing_together(alice, bob)
 
             assert await bob.ok("room.status", {"state": "buffering"}) == {"status": "buffering"}
             stalled = await playing_or(alice, bob, "waiting")
