@@ -71,6 +71,7 @@ class Settings:
     ws_outbox_size: int = 256
     ws_max_message_bytes: int = 64 * 1024
     ws_max_errors: int = 20
+    ws_direct: bool = True
     session_grace_seconds: float = 5.0
     event_retention_count: int = 1000
     event_retention_seconds: int = 7 * 86400
@@ -248,6 +249,7 @@ def load_settings(
         ),
         log_level=log_level,
         access_log=_bool(get("ACCESS_LOG"), "ACCESS_LOG", False),
+        ws_direct=_bool(get("WS_DIRECT"), "WS_DIRECT", True),
         ws_heartbeat_interval=_float(
             get("WS_HEARTBEAT_INTERVAL"), "WS_HEARTBEAT_INTERVAL", 25.0, 0.05, 3600
         ),

@@ -30,13 +30,14 @@ from dramaverse.actors.hub import open_hub, run_event_pruner
 from dramaverse.actors.room_cluster import open_room_cluster
 from dramaverse.broker import open_broker
 from dramaverse.config import Settings
-from dramaverse.http import compression, read_loop, send_coalescing
+from dramaverse.http import compression, direct_ws, read_loop, send_coalescing
 from dramaverse.http.app import create_app
 from dramaverse.http.fastpath import LibraryWriteFastPath
 from dramaverse.http.socketio import engine_server
 from dramaverse.http.state import AppState
 from dramaverse.http.unread_body import CloseOnUnreadBody
 from dramaverse.http.worker_routing import WorkerRouter
+from dramaverse.http.ws import PATH as NATIVE_PATH
 from dramaverse.http.ws import NativeSocketEndpoint
 from dramaverse.http.ws_rooms import room_host_lookup
 from dramaverse.storage import open_storage
@@ -70,6 +71,8 @@ def hypercorn_config(settings: Settings) -> Config:
     config.websocket_max_message_size = settings.ws_max_message_bytes
     config.accesslog = logging.getLogger("dramaverse.access") if settings.access_log else None
     config.errorlog = logging.getLogger("hypercorn.error")
+    if settings.ws_direct:  # /api/ws frames without Hypercorn's WebSocket layers (direct_ws.py)
+        direct_ws.claim_paths(config, [NATIVE_PATH])
     return config
 
 
