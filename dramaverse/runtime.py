@@ -25,6 +25,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import ASGIFramework
 
+from dramaverse import collector
 from dramaverse.actors.catalog import CatalogKeeper
 from dramaverse.actors.hub import open_hub, run_event_pruner
 from dramaverse.actors.room_cluster import open_room_cluster
@@ -44,7 +45,6 @@ from dramaverse.storage import open_storage
 from dramaverse.supervisor import worker_app, worker_binds
 
 log = logging.getLogger(__name__)
-GC_THRESHOLD_GEN0 = 20_000  # Python's default is 700
 
 
 @dataclass
@@ -122,8 +122,9 @@ async def serve(
             )
             http_nursery.start_soon(_bound_drain, shutdown, http_nursery.cancel_scope, settings)
             log.info("Dramaverse listening on %s", ", ".join(binds))
-            if tune_collector:
-                tune_gc()
+            if tune_collector:  # the process's collector on a clock (collector.py)
+                previous = collector.tune()
+                nursery.start_soon(_paced_collector, previous)
             task_status.started(ServerHandle(binds, state, shutdown))
         # Hypercorn has stopped accepting and drained: stop the actors now.
         nursery.cancel_scope.cancel()
@@ -131,18 +132,11 @@ async def serve(
     log.info("Dramaverse stopped")
 
 
-def tune_gc() -> None:
-    """Make the cyclic garbage collector cheap for a long-running server.
-
-    Everything allocated during start-up (modules, the catalog index, caches) lives as long as
-    the process: ``gc.freeze`` moves it out of the collector's sight, so full collections stop
-    walking it again and again. A larger first-generation threshold means fewer collections
-    while thousands of short-lived request objects come and go; most of them are freed by
-    reference counting anyway. Measured with bench/fanout_bench.py (see the README).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD_GEN0, 20, 20)
+async def _paced_collector(previous: tuple[int, int, int]) -> None:
+    try:
+        await collector.pace()
+    finally:
+        gc.set_threshold(*previous)
 
 
 async def _bound_drain(shutdown: trio.Event, scope: trio.CancelScope, settings: Settings) -> None:

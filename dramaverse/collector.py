@@ -1,0 +1,61 @@
+"""The cyclic garbage collector of a server process, paced by time instead of by allocations.
+
+A server with thousands of sockets has thousands of tasks waiting, and every time one of them
+wakes and waits again it builds a fresh chain of coroutine objects while the previous one is
+freed. CPython counts allocations minus deallocations to decide when to collect, so this
+churn never triggers a collection, yet every chain it leaves lands in the youngest generation:
+measured on 1,000 watch-party rooms x 4 sockets, a young collection found 110,000-240,000
+objects and stopped the process for 75-165 ms, the middle generation 200-560 ms, every few
+seconds or minutes, each time delaying every room at once.
+
+So the process collects the young generation every :data:`YOUNG_SECONDS` itself (the pause
+is then bounded by what a quarter of a second of work leaves behind: 36 ms p99, 61 ms at worst
+on the same run), the middle one every :data:`MIDDLE_EVERY` young collections (5 minutes) and
+everything every :data:`FULL_EVERY` middle ones (30 minutes). The allocation threshold stays as
+a backstop for bursts. Almost nothing that survives a young collection turns into cyclic
+garbage here (the middle collections of those runs freed 0 objects, once 1,296), so collecting
+the older generations rarely costs memory that reference counting would not free anyway.
+Everything allocated during start-up is frozen out of the collector's sight first.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+
+import trio
+
+YOUNG_SECONDS = 0.25
+MIDDLE_EVERY = 1200  # young collections per middle one: 5 minutes
+FULL_EVERY = 6  # middle collections per full one: 30 minutes
+THRESHOLD_YOUNG = 20_000  # allocations that trigger a young collection between the timed ones
+_NEVER = 1 << 30  # the older generations are collected on time only
+
+
+def tune() -> tuple[int, int, int]:
+    """Freeze what start-up allocated and hand the older generations to :func:`pace`;
+    returns the previous thresholds."""
+    previous = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(THRESHOLD_YOUNG, _NEVER, _NEVER)
+    return previous
+
+
+async def pace(
+    *,
+    young_seconds: float = YOUNG_SECONDS,
+    middle_every: int = MIDDLE_EVERY,
+    full_every: int = FULL_EVERY,
+    collect: Callable[[int], object] = gc.collect,
+) -> None:
+    """Collect on a clock until cancelled (run it next to the server)."""
+    young = middle = 0
+    while True:
+        await trio.sleep(young_seconds)
+        young += 1
+        if young % middle_every:
+            collect(0)
+            continue
+        middle += 1
+        collect(2 if middle % full_every == 0 else 1)
