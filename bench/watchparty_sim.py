@@ -41,6 +41,11 @@ Python's default generation-0 threshold (700) the collector rescans the long-liv
 hundreds of times a second (7 s of 37 s CPU at 2,000 rooms, pauses up to 280 ms). The simulator
 raises the threshold to 50,000 (``--gc-threshold``, 0 keeps Python's) and ``gc.freeze()``-s
 once every room exists (``--no-gc-freeze``); a server process holding many rooms wants the same.
+With thousands of sockets, the tasks waiting on them leave so many live objects in the young
+generation that a collection stops the process for 100 ms and more; so, like the server
+(``dramaverse/collector.py``), the simulator collects on a clock (``--no-gc-paced`` to leave
+it to Python's allocation counts): its own pauses would otherwise delay every simulated member
+at once, which 8,000 separate devices never do.
 
 Measured (one JSON document on stdout, also ``--json-out``):
 
@@ -49,7 +54,9 @@ Measured (one JSON document on stdout, also ``--json-out``):
   that is playing, not stalled, and past a 2 s settle window after its own last start, seek or
   catch-up, while the room is playing and at least 2 s past its last (re)start: p50/p90/p99/max;
 - ``seek_convergence_s``: from the host sending a seek until every member is within 100 ms of
-  the true position (checked every 50 ms);
+  the true position (checked every 50 ms); ``seek_breakdown_s`` splits it into ``scheduled``
+  (from the host sending the seek to the start the server scheduled: the seek's way up plus the
+  lead) and ``after_start`` (from that start until everyone is within 100 ms);
 - ``start_convergence_s``: the same from the host pressing play on new content (includes the
   members' 0.2-1.5 s of loading);
 - rooms held, barriers entered, members left out, corrections, frames each way, error frames,
@@ -86,6 +93,7 @@ import resource
 import sys
 import time
 from array import array
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -104,6 +112,7 @@ from bench.wsclient import (
     raise_nofile_limit,
     register_users,
 )
+from dramaverse import collector
 from dramaverse.actors.room import (
     Command,
     RoomActor,
@@ -117,6 +126,7 @@ from dramaverse.config import Settings
 SCRIPT = 55.0  # seconds of each room's script
 SETTLE = 2.0  # seconds excluded after a (re)start, seek or catch-up
 CONVERGED = 0.1  # seconds of error that count as converged
+SLOW_SEEK = 2.0  # seeks slower than the target are reported in detail
 CONVERGENCE_INTERVAL = 0.05  # seconds between convergence checks of rooms after a seek
 PREDICTED_SEEK = 0.15  # what a client assumes a seek takes
 EARLY_REPORT = 0.5  # seconds after a (re)start when a client reports once out of turn
@@ -506,6 +516,7 @@ class RoomSim:
     created: trio.Event = field(default_factory=trio.Event)
     state: dict[str, Any] | None = None
     members: list[dict[str, Any]] = field(default_factory=list)
+    states: deque[tuple[float, str, float | None]] = field(default_factory=lambda: deque(maxlen=8))
 
     def in_barrier_now(self) -> bool:
         if self.actor is not None:
@@ -521,6 +532,9 @@ class Sim:
         self.scheduler = Scheduler(args.tick)
         self.errors_hist = Histogram()
         self.seek_convergence: list[float] = []
+        self.seek_scheduled: list[float] = []  # host sends the seek -> the start it scheduled
+        self.seek_after_start: list[float] = []  # that start -> everyone within 100 ms
+        self.slow_seeks: list[dict[str, Any]] = []
         self.start_convergence: list[float] = []
         self.not_converged = 0
         self.errors: list[dict[str, Any]] = []
@@ -663,9 +677,31 @@ class Sim:
                     if errors and started and max(errors) < CONVERGED:
                         bucket.append(now - since)
                         setattr(room, name, None)
+                        if name == "pending_seek" and anchor is not None:
+                            self.seek_scheduled.append(anchor[1] - since)
+                            self.seek_after_start.append(now - anchor[1])
+                            if now - since > SLOW_SEEK:
+                                self.slow_seeks.append(self.slow_seek(room, since, now))
                     elif now - since > 10.0:
                         self.not_converged += 1
                         setattr(room, name, None)
+
+    def slow_seek(self, room: RoomSim, since: float, now: float) -> dict[str, Any]:
+        """What a seek that took longer than the target went through (for the report)."""
+        return {
+            "room": room.index,
+            "seconds": round(now - since, 3),
+            "one_way_delays_ms": [round(c.base_delay * 1000) for c in room.clients],
+            "states_after_seek": [
+                {
+                    "t": round(t - since, 3),
+                    "phase": phase,
+                    "at": None if at is None else round(at - since, 3),
+                }
+                for t, phase, at in room.states
+                if t >= since
+            ],
+        }
 
     def rooms_held(self, registry: RoomRegistry | None) -> int:
         if registry is not None:
@@ -805,6 +841,9 @@ class Sim:
             if is_host:  # the truth: the room's broadcasts as they leave the server
                 if kind == "room.state":
                     room.state = frame
+                    at = frame.get("at")
+                    when = at / 1000 - self.wall_offset if isinstance(at, int | float) else None
+                    room.states.append((trio.current_time(), str(frame.get("phase")), when))
                 elif kind == "room.welcome":
                     room.state = frame["state"]
                     room.members = frame["members"]
@@ -818,6 +857,8 @@ class Sim:
         nursery.start_soon(self.scheduler.run)
         nursery.start_soon(self.sampler, registry)
         nursery.start_soon(self.convergence)
+        if args.gc_paced:
+            nursery.start_soon(partial(collector.pace))
         t0 = trio.current_time()
         async with trio.open_nursery() as scripts:
             for room in self.rooms:
@@ -853,6 +894,11 @@ class Sim:
             "sim_seconds": args.duration,
             "error_ms": error,
             "seek_convergence_s": seek,
+            "seek_breakdown_s": {
+                "scheduled": summary(self.seek_scheduled),
+                "after_start": summary(self.seek_after_start),
+                "slowest": sorted(self.slow_seeks, key=lambda s: -s["seconds"])[:10],
+            },
             "start_convergence_s": summary(self.start_convergence),
             "not_converged_within_10s": self.not_converged,
             "barriers_entered": self.barriers,
@@ -890,6 +936,7 @@ class Sim:
                 "tick_s": args.tick,
                 "gc_threshold": list(gc.get_threshold()),
                 "gc_freeze": args.gc_freeze,
+                "gc_paced": args.gc_paced,
                 "report_interval_s": args.report_interval,
                 "seed": args.seed,
             },
@@ -945,6 +992,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="do not gc.freeze() the long-lived objects once every room exists",
     )
+    parser.add_argument(
+        "--no-gc-paced",
+        dest="gc_paced",
+        action="store_false",
+        help="collect when Python's allocation counts say so, not on a clock (collector.py)",
+    )
     parser.add_argument("--tick", type=float, default=0.001, help="event time grid, seconds")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
@@ -969,7 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.gc_threshold:
         # Most garbage here dies young (JSON dicts, messages); with the default threshold the
         # collector rescans the long-lived rooms and clients hundreds of times a second.
-        gc.set_threshold(args.gc_threshold, 20, 20)
+        gc.set_threshold(args.gc_threshold, *((1 << 30, 1 << 30) if args.gc_paced else (20, 20)))
     sim = Sim(args)
     clock = trio.testing.MockClock(autojump_threshold=0) if args.clock == "mock" else None
     where = "against a real server" if args.server else f"on the {args.clock} clock"
