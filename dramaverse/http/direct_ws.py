@@ -291,8 +291,8 @@ class DirectWebSocket:
         self._broken = False
         self._deflate: _Deflate | None = None
         self._response: dict[str, Any] | None = None  # websocket.http.response.start
-        socket = getattr(stream, "socket", None)  # a plain TCP stream: writes go straight to it
-        self._fd: int | None = socket.fileno() if socket is not None else None
+        # A plain TCP stream: writes go straight to its socket (not through TLS).
+        self._socket: Any = getattr(stream, "socket", None)
         self.status: int | None = None  # the HTTP status answered to the handshake
 
     # -- ASGI receive ---------------------------------------------------------------------------
@@ -545,9 +545,12 @@ class DirectWebSocket:
             await lock.acquire()  # cancelled here, nothing was written
         else:
             lock.acquire_nowait()
-            if self._fd is not None:
+            # The descriptor is asked for each time: a closed socket says -1, and a number
+            # kept from before could by now belong to another connection.
+            fd = self._socket.fileno() if self._socket is not None else -1
+            if fd >= 0:
                 try:
-                    sent = os.write(self._fd, data)
+                    sent = os.write(fd, data)
                 except BlockingIOError:
                     sent = 0
                 except OSError:
