@@ -71,8 +71,8 @@ def hypercorn_config(settings: Settings) -> Config:
     config.websocket_max_message_size = settings.ws_max_message_bytes
     config.accesslog = logging.getLogger("dramaverse.access") if settings.access_log else None
     config.errorlog = logging.getLogger("hypercorn.error")
-    if settings.ws_direct:  # /api/ws frames without Hypercorn's WebSocket layers (direct_ws.py)
-        direct_ws.claim_paths(config, [NATIVE_PATH])
+    if settings.ws_direct:  # WebSocket frames without Hypercorn's WebSocket layers (direct_ws.py)
+        direct_ws.claim_paths(config, [NATIVE_PATH, settings.socket_io_path])
     return config
 
 

@@ -61,10 +61,12 @@ def device_count(server: Server, user_id: int) -> int:
     return 0 if session is None else len([d for d in session.devices if not d.gone])
 
 
-@pytest.fixture
-async def proxied(tmp_path: Any) -> AsyncIterator[Server]:
-    """A server deployed behind a proxy that keeps the /dramaverse prefix."""
-    async with running_server(make_settings(tmp_path, socket_io_path=PROXY_PATH)) as running:
+@pytest.fixture(params=[True, False], ids=["direct-ws", "hypercorn-ws"])
+async def proxied(tmp_path: Any, request: pytest.FixtureRequest) -> AsyncIterator[Server]:
+    """A server deployed behind a proxy that keeps the /dramaverse prefix; its WebSockets on
+    the server's own layer or on Hypercorn's (WS_DIRECT, http/direct_ws.py)."""
+    settings = make_settings(tmp_path, socket_io_path=PROXY_PATH, ws_direct=request.param)
+    async with running_server(settings) as running:
         yield running
 
 

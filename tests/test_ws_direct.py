@@ -607,3 +607,23 @@ async def test_ws_direct_off_leaves_every_socket_to_hypercorn(
             assert client.header(b"upgrade") == b"WebSocket"
             assert (await hello_ready(client, token))["type"] == "ready"
             assert served == []
+
+
+async def test_socketio_websocket_takes_the_direct_path(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = int(server.url.rsplit(":", 1)[1])
+    async with client_streams(), counting(monkeypatch) as served:
+        polling = await server.client.get(
+            "/socket.io/", params={"EIO": "4", "transport": "polling"}
+        )
+        assert polling.text.startswith("0{")  # long-polling stays with Hypercorn
+        assert served == []
+        request = upgrade_request("/socket.io/?EIO=4&transport=websocket")
+        client = await connect(port, request)
+        assert client.status == 101
+        _, opcode, payload = await client.frame()
+        assert opcode == 0x1
+        assert json.loads(payload[1:])["sid"]  # the engine.io open packet
+        assert payload.startswith(b"0")
+        assert served == ["/socket.io/"]
