@@ -14,17 +14,14 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from dramaverse.http import read_loop
+from tests.asgi import answer_lifespan
 from tests.cluster import free_port
 
 
 async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            done = message["type"].replace("startup", "startup.complete")
-            await send({"type": done.replace("shutdown", "shutdown.complete")})
-            if message["type"] == "lifespan.shutdown":
-                return
+        await answer_lifespan(receive, send)
+        return
     headers = [(b"content-length", b"2")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": b"hi"})

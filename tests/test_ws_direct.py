@@ -32,6 +32,7 @@ from dramaverse.http.direct_ws import (
     parse_upgrade,
     unmask,
 )
+from tests.asgi import answer_lifespan
 from tests.cluster import free_port
 from tests.conftest import Server, make_settings, running_server
 
@@ -53,12 +54,8 @@ class Echo:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                done = message["type"].replace("startup", "startup.complete")
-                await send({"type": done.replace("shutdown", "shutdown.complete")})
-                if message["type"] == "lifespan.shutdown":
-                    return
+            await answer_lifespan(receive, send)
+            return
         if scope["type"] == "http":
             body = b"plain http"
             headers = [(b"content-length", str(len(body)).encode())]
