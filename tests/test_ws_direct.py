@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import socket
 import zlib
 from collections.abc import AsyncIterator
@@ -624,3 +625,28 @@ async def test_socketio_websocket_takes_the_direct_path(
         assert json.loads(payload[1:])["sid"]  # the engine.io open packet
         assert payload.startswith(b"0")
         assert served == ["/socket.io/"]
+
+
+async def test_random_bytes_never_break_the_server(caplog: pytest.LogCaptureFixture) -> None:
+    """Garbage after a valid handshake ends in a close with an RFC code or an open connection
+    waiting for the rest of a frame, never in an error inside the server; and the server keeps
+    serving."""
+    rng = random.Random(6455)
+    app = Echo()
+    valid_codes = {1002, 1007, 1009}
+    async with serving(app) as port:
+        for _ in range(60):
+            client = await connect(port)
+            garbage = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40)))
+            await client.send(garbage)
+            with trio.move_on_after(0.3):
+                while True:
+                    _, opcode, payload = await client.frame()
+                    if opcode == 0x8:
+                        assert int.from_bytes(payload[:2], "big") in valid_codes
+                        break
+            await trio.aclose_forcefully(client.stream)
+        client = await connect(port)
+        await client.text("still here")
+        assert await client.frame() == (0x81, 0x1, b"still here")
+    assert "Error in ASGI Framework" not in caplog.text
