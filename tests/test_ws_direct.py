@@ -8,6 +8,7 @@ Dramaverse server: which connections take the direct path and which stay with Hy
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import random
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
@@ -85,14 +87,25 @@ class Echo:
             raise RuntimeError("crashed in the handshake")
         if query == b"silent":
             return
+        if query == b"early":
+            await send({"type": "websocket.send", "text": "before accepting"})
+        if query == b"unoffered":
+            await send({"type": "websocket.accept", "subprotocol": "never-offered"})
         offered = scope["subprotocols"]
+        headers = [(b"X-Test", b"1")] if query == b"headers" else []
         await send(
-            {"type": "websocket.accept", "subprotocol": "chat" if "chat" in offered else None}
+            {
+                "type": "websocket.accept",
+                "subprotocol": "chat" if "chat" in offered else None,
+                "headers": headers,
+            }
         )
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 self.disconnects.append(message)
+                # Sending after the end is not an error: the application may finish its work.
+                await send({"type": "websocket.send", "text": "too late"})
                 return
             text = message.get("text")
             if text == "close":
@@ -103,6 +116,18 @@ class Echo:
                 return
             if text == "boom":
                 raise RuntimeError("crashed while connected")
+            if text == "group":
+                raise ExceptionGroup("in a nursery", [RuntimeError("crashed in a task")])
+            if text == "nothing":
+                await send({"type": "websocket.send"})
+            if text == "twice":  # receive after the disconnect gives the disconnect again
+                await send({"type": "websocket.close", "code": 1000})
+                first = await receive()
+                self.disconnects += [first, await receive()]
+                return
+            if text == "huge":  # fills a loopback socket's buffers in a few sends
+                await send({"type": "websocket.send", "bytes": b"h" * 256 * 1024})
+                continue
             if text == "big":
                 await send({"type": "websocket.send", "text": "y" * (COMPRESS_MIN_BYTES * 4)})
                 continue
@@ -208,11 +233,11 @@ class RawClient:
                 if len(buffer) >= 2:
                     assert not buffer[1] & 0x80, "server frames must not be masked"
                     length, offset = buffer[1] & 0x7F, 2
-                    if length == 126 and len(buffer) >= 4:
+                    if length == 126:
                         length, offset = int.from_bytes(buffer[2:4], "big"), 4
-                    elif length == 127 and len(buffer) >= 10:
+                    elif length == 127:
                         length, offset = int.from_bytes(buffer[2:10], "big"), 10
-                    if length < 126 and len(buffer) >= offset + length:
+                    if len(buffer) >= offset + length:  # a partial length reads short
                         first = buffer[0]
                         payload = bytes(buffer[offset : offset + length])
                         del buffer[: offset + length]
@@ -429,7 +454,9 @@ async def test_server_close_waits_for_the_clients_answer() -> None:
     assert app.disconnects[-1]["code"] == 4321
 
 
-@pytest.mark.parametrize(("text", "code"), [("quit", 1011), ("boom", 1011)])
+@pytest.mark.parametrize(
+    ("text", "code"), [("quit", 1011), ("boom", 1011), ("group", 1011), ("nothing", 1011)]
+)
 async def test_an_application_that_ends_without_closing_gets_1011(text: str, code: int) -> None:
     async with serving(Echo()) as port:
         client = await connect(port)
@@ -444,6 +471,8 @@ async def test_an_application_that_ends_without_closing_gets_1011(text: str, cod
         ("deny", 403, b""),
         ("crash", 500, b""),
         ("silent", 500, b""),
+        ("early", 500, b""),  # websocket.send before websocket.accept: an application error
+        ("unoffered", 500, b""),  # a subprotocol the client did not offer
     ],
 )
 async def test_handshake_answered_over_http(query: str, status: int, body: bytes) -> None:
@@ -517,11 +546,12 @@ async def test_writes_that_stall_past_the_send_timeout_abort_the_connection(
         await stream.send_all(upgrade_request())
         # Ask for large answers and never read them: the server's writes stall, the echo task
         # is stuck in a send, and only the timeout ends it.
-        with trio.move_on_after(10):
-            while not app.finished.is_set():
-                await stream.send_all(client_frame(0x1, b"big"))
+        with trio.move_on_after(10), contextlib.suppress(trio.BrokenResourceError):
+            while not app.finished.is_set():  # until the server cuts the connection (a reset)
+                await stream.send_all(client_frame(0x1, b"huge"))
                 await trio.sleep(0.01)
-        assert app.finished.is_set()
+        with trio.fail_after(5):
+            await app.finished.wait()
         await stream.aclose()
 
 
@@ -650,3 +680,146 @@ async def test_random_bytes_never_break_the_server(caplog: pytest.LogCaptureFixt
         await client.text("still here")
         assert await client.frame() == (0x81, 0x1, b"still here")
     assert "Error in ASGI Framework" not in caplog.text
+
+
+async def test_accept_headers_and_a_second_receive_after_the_disconnect() -> None:
+    app = Echo()
+    async with serving(app) as port:
+        client = await connect(port, upgrade_request(PATH + "?headers"))
+        assert client.header(b"x-test") == b"1"
+        await client.text("twice")
+        assert await client.close_code() == (1000, "")
+        await client.send(client_frame(0x8, close_payload(1000)))
+        with trio.fail_after(5):
+            await app.finished.wait()
+    assert app.disconnects[0] == app.disconnects[1]
+    assert app.disconnects[0]["code"] == 1000
+
+
+async def test_frames_arriving_a_byte_at_a_time_are_assembled() -> None:
+    async with serving(Echo()) as port:
+        client = await connect(port)
+        text = "z" * 300  # a 16-bit length: the header itself arrives in pieces
+        for byte in client_frame(0x1, text.encode()):
+            await client.send(bytes((byte,)))
+        assert await client.frame() == (0x81, 0x1, text.encode())
+        frame = client_frame(0x1, b"", declared=2**20)  # 64-bit length, refused when complete
+        for byte in frame[:9]:
+            await client.send(bytes((byte,)))
+        await trio.sleep(0.05)
+        await client.send(frame[9:])
+        assert (await client.close_code())[0] == 1009
+
+
+@pytest.mark.parametrize(
+    ("offer", "answer", "compressed"),
+    [
+        (b"permessage-deflate; server_max_window_bits=8", None, False),  # zlib cannot: declined
+        (b"x-webkit-deflate-frame", None, False),
+        (b"permessage-deflate; server_max_window_bits=10", b"permessage-deflate", True),
+    ],
+)
+async def test_deflate_offers_the_server_cannot_or_can_honour(
+    offer: bytes, answer: bytes | None, compressed: bool
+) -> None:
+    async with serving(Echo()) as port:
+        client = await connect(
+            port, upgrade_request(extra=b"Sec-WebSocket-Extensions: " + offer + b"\r\n")
+        )
+        header = client.header(b"sec-websocket-extensions")
+        assert (header is None) is (answer is None)
+        if answer is not None:
+            assert header is not None
+            assert header.startswith(answer)
+        await client.text("big")
+        first, _, payload = await client.frame()
+        assert bool(first & 0x40) is compressed
+        if compressed:
+            inflated = zlib.decompressobj(-10).decompress(payload + b"\x00\x00\xff\xff")
+            assert inflated == b"y" * (COMPRESS_MIN_BYTES * 4)
+
+
+@pytest.mark.parametrize(
+    ("chunks", "taken"),
+    [
+        ([upgrade_request()[:5], upgrade_request()[5:]], True),
+        ([b"GET /other HTTP/1.1\r\n"], False),
+        ([b"GET /echo HTTP/1.1\r\nHost: t\r\n"], False),  # the client closed mid-head
+        ([], False),  # closed before a byte
+        ([b"GET /echo HTTP/1.1\r\nX: " + b"a" * direct_ws.MAX_HEAD_BYTES], False),
+        ([b"GET /ec", b"ho?x HTTP/1.1\r\nHost: t\r\n\r\n"], False),  # no upgrade: Hypercorn's
+        ([b"GE", b"T /echo/more HTTP/1.1\r\n"], False),
+    ],
+)
+async def test_sniff_reads_only_while_it_may_be_a_claimed_upgrade(
+    chunks: list[bytes], taken: bool
+) -> None:
+    client, server = trio.testing.memory_stream_pair()
+    for chunk in chunks:
+        await client.send_all(chunk)
+    await client.send_eof() if hasattr(client, "send_eof") else await client.aclose()
+    with trio.fail_after(5):
+        data, upgrade = await direct_ws.sniff(server, frozenset({PATH}), 65536)
+    assert (upgrade is not None) is taken
+    assert data.startswith(b"".join(chunks)[: len(data)])
+    if not taken and chunks:
+        assert data  # whatever was read goes to Hypercorn
+
+
+async def test_a_stalled_writer_holds_back_other_writers_until_the_connection_is_cut(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two tasks write (a flood of frames, and the pongs of the reader): while one write is
+    stuck on a peer that does not read, the other waits its turn; once the send timeout cuts
+    the connection, both stop and the reader sees the end."""
+    monkeypatch.setattr(direct_ws, "SEND_TIMEOUT_SECONDS", 0.3)
+    ended: list[dict[str, Any]] = []
+    finished = trio.Event()
+
+    async def flood(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await answer_lifespan(receive, send)
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+
+        async def writer() -> None:
+            while True:
+                await send({"type": "websocket.send", "bytes": b"f" * 60_000})
+                await trio.lowlevel.checkpoint()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer)
+                while True:
+                    message = await receive()
+                    if message["type"] == "websocket.disconnect":
+                        ended.append(message)
+                        nursery.cancel_scope.cancel()
+                        return
+        finally:
+            finished.set()
+
+    read_loop.install()
+    port = free_port()
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    config.graceful_timeout = 1
+    direct_ws.claim_paths(config, [PATH])
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(hypercorn_serve, flood, config, shutdown_trigger=stop.wait))
+        async with client_streams():
+            stream = await open_stream(port)
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            await stream.send_all(upgrade_request())
+            with trio.move_on_after(10), contextlib.suppress(trio.BrokenResourceError):
+                while not finished.is_set():  # until the server cuts the connection (a reset)
+                    await stream.send_all(client_frame(0x9, b"are you there"))
+                    await trio.sleep(0.05)
+            with trio.fail_after(5):
+                await finished.wait()
+        stop.set()
+    assert finished.is_set()
+    assert ended == [{"type": "websocket.disconnect", "code": 1006, "reason": ""}]

@@ -266,10 +266,8 @@ def _negotiate_deflate(offers: list[str]) -> tuple[_Deflate | None, bytes | None
     answer = server_extensions_handshake(offers, [extension])
     if answer is None or not extension.enabled():
         return None, None
-    bits = int(extension.server_max_window_bits or 15)
-    if bits < 9:  # zlib's raw deflate has no 256-byte window: keep every message plain
-        return _Deflate(0), answer
-    return _Deflate(bits), answer
+    # wsproto declines window sizes zlib cannot make (below 9 bits) before this point.
+    return _Deflate(int(extension.server_max_window_bits or 15)), answer
 
 
 _HANDSHAKE, _CONNECTED, _CLOSED = "handshake", "connected", "closed"
@@ -475,7 +473,7 @@ class DirectWebSocket:
                 raise TypeError("websocket.send needs text or bytes")
             opcode, payload = OP_TEXT, text.encode("utf-8")
         deflate = self._deflate
-        if deflate is not None and deflate.window_bits and len(payload) >= COMPRESS_MIN_BYTES:
+        if deflate is not None and len(payload) >= COMPRESS_MIN_BYTES:
             payload = deflate.deflate(payload)
             await self._write(frame_header(opcode, len(payload), rsv1=True) + payload)
             return
