@@ -41,6 +41,7 @@ import trio
 
 from dramaverse.actors.outbox import Outbox, push_frame
 from dramaverse.config import Settings
+from dramaverse.domain.numbers import REQUEST_ID_RULE, is_request_id
 from dramaverse.domain.rooms import (
     Control,
     Room,
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 INBOX_SIZE = 64
 BATCH = 32  # messages handled per wake-up at most, so timers are never starved
 TIME_EPSILON = 1e-6  # seconds: deadlines this close count as reached
-MAX_REQUEST_ID_LENGTH = 64
 T = TypeVar("T")
 
 
@@ -202,19 +202,9 @@ def _error_frame(error: DramaverseError, request_id: object) -> dict[str, Any]:
     return frame
 
 
-def _valid_id(request_id: object) -> bool:
-    return (
-        isinstance(request_id, str | int)
-        and not isinstance(request_id, bool)
-        and len(str(request_id)) <= MAX_REQUEST_ID_LENGTH
-    )
-
-
 def _check_request_id(request_id: object) -> None:
-    if request_id is not None and not _valid_id(request_id):
-        raise BadRequest(
-            f"id must be a string or a number of at most {MAX_REQUEST_ID_LENGTH} characters."
-        )
+    if request_id is not None and not is_request_id(request_id):
+        raise BadRequest(f"id must be {REQUEST_ID_RULE}.")
 
 
 class RoomActor:
@@ -422,7 +412,7 @@ class RoomActor:
             if command.reply is not None:
                 command.reply.fail(error)
             elif peer is not None:
-                request_id = command.request_id if _valid_id(command.request_id) else None
+                request_id = command.request_id if is_request_id(command.request_id) else None
                 peer.push(peer.render(_error_frame(error, request_id)))
                 peer.on_error(error.status)
             return

@@ -26,13 +26,13 @@ Units: this module works in seconds; the wire carries milliseconds (``t0``, ``t1
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dramaverse.domain.numbers import number_in
 from dramaverse.errors import BadRequest
 
 SAMPLES_PER_BURST = 5
@@ -111,13 +111,8 @@ class ClockSync:
             raise BadRequest(f"clock.pong answers ping {seq}, which was never sent.")
         times = []
         for name in ("t1", "t2"):
-            value = data.get(name)
-            if (
-                not isinstance(value, int | float)
-                or isinstance(value, bool)
-                or not math.isfinite(value)
-                or abs(value) > MAX_CLOCK_MS
-            ):
+            value = number_in(data.get(name), -MAX_CLOCK_MS, MAX_CLOCK_MS)
+            if value is None:
                 raise BadRequest(f"clock.pong.{name} must be a finite number of milliseconds.")
             times.append(value / 1000.0)
         t1, t2 = times

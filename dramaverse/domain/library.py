@@ -7,11 +7,11 @@ every size, so one request cannot store megabytes or absurd episode numbers.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from dramaverse.domain.numbers import finite, is_number, whole_in
 from dramaverse.errors import BadRequest
 
 INVALID_PAYLOAD = "Invalid payload."
@@ -29,9 +29,7 @@ _JS_SPACE = (
 _JS_BLANK = re.compile(f"[{re.escape(_JS_SPACE)}]*")
 
 
-def is_js_number(value: object) -> bool:
-    """``typeof value === 'number'`` for a value decoded from JSON."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
+is_js_number = is_number  # ``typeof value === 'number'`` for a value decoded from JSON
 
 
 def is_js_blank(text: str) -> bool:
@@ -111,11 +109,10 @@ def _drama_url(body: dict[str, Any]) -> str:
 
 def _episode(value: object, name: str) -> int:
     """A JS number that is also a whole episode count within bounds."""
-    assert is_js_number(value)
-    number = float(value)  # type: ignore[arg-type]
-    if not math.isfinite(number) or number != int(number) or not 0 <= number <= MAX_EPISODE:
+    number = whole_in(value, 0, MAX_EPISODE)
+    if number is None:
         raise _invalid(f"{name} must be a whole number from 0 to {MAX_EPISODE}")
-    return int(number)
+    return number
 
 
 def parse_favorite(body: object) -> SetFavorite:
@@ -161,10 +158,10 @@ def parse_episode_review(body: object) -> SaveEpisodeReview:
     number = _episode(episode, "episodeNumber")
     if len(text) > MAX_REVIEW_LENGTH:
         raise _invalid(f"text must be at most {MAX_REVIEW_LENGTH} characters")
-    assert isinstance(client_updated_at, int | float)
-    if not math.isfinite(float(client_updated_at)):
+    updated_at = finite(client_updated_at)
+    if updated_at is None:
         raise _invalid("clientUpdatedAt must be a finite number")
-    return SaveEpisodeReview(url, number, text, float(client_updated_at), force)
+    return SaveEpisodeReview(url, number, text, updated_at, force)
 
 
 class _Missing:

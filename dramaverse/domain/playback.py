@@ -25,12 +25,12 @@ here.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+from dramaverse.domain.numbers import finite, number_in, whole_in
 from dramaverse.errors import BadRequest
 
 MAX_POSITION = 7 * 86400.0  # seconds; nothing anyone watches together is a week long
@@ -71,23 +71,20 @@ class IllegalTransition(RuntimeError):
 
 def is_number(value: object) -> bool:
     """A finite JSON number: ``int`` or ``float``, not ``bool`` (JavaScript's typeof rule)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return finite(value) is not None
 
 
 def check_whole(value: object, name: str, low: int, high: int) -> int:
     """A whole number in ``[low, high]``; ``4.0`` counts as 4."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+    number = whole_in(value, low, high)
+    if number is None:
         raise BadRequest(f"{name} must be a whole number from {low} to {high}.")
-    return value
+    return number
 
 
 def check_number(value: object, name: str, low: float, high: float, unit: str = "") -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise BadRequest(f"{name} must be a number{unit} from {low:g} to {high:g}.")
-    number = float(value)
-    if not (math.isfinite(number) and low <= number <= high):
+    number = number_in(value, low, high)
+    if number is None:
         raise BadRequest(f"{name} must be a number{unit} from {low:g} to {high:g}.")
     return number
 

@@ -7,8 +7,9 @@ boolean is not a number. Numbers must be finite because JSON cannot carry NaN or
 
 from __future__ import annotations
 
-import math
 from typing import Any, Final
+
+from dramaverse.domain.numbers import finite, is_number
 
 __all__ = ["MAX_TITLE_LENGTH", "MAX_URL_LENGTH", "RecordError", "validate_record"]
 
@@ -28,13 +29,9 @@ class RecordError(ValueError):
 
 def _check_number(record: dict[str, Any], name: str) -> None:
     value = record.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not is_number(value):
         raise RecordError(f"{name} must be a number")
-    try:
-        finite = math.isfinite(value)
-    except OverflowError:  # an int too large for a double
-        finite = False
-    if not finite:
+    if finite(value) is None:
         raise RecordError(f"{name} must be a finite number")
 
 

@@ -37,6 +37,7 @@ from enum import StrEnum
 from typing import Any
 
 from dramaverse.domain.clocksync import ClockSync, to_ms
+from dramaverse.domain.numbers import finite
 from dramaverse.domain.playback import (
     Content,
     Phase,
@@ -638,9 +639,10 @@ class Room:
         if at is None:
             t = now - (member.clock.rtt or 0.0) / 2.0
         else:
-            if not is_number(at):
+            at_ms = finite(at)
+            if at_ms is None:
                 raise BadRequest("at must be a server time in milliseconds.")
-            t = float(at) / 1000.0
+            t = at_ms / 1000.0
             if not now - MAX_REPORT_AGE <= t <= now + MAX_REPORT_AHEAD:
                 raise BadRequest("at is too far from the server's clock: resynchronise first.")
         playback = self.playback

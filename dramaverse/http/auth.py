@@ -18,6 +18,7 @@ import bcrypt
 import jwt
 import trio
 
+from dramaverse.domain.numbers import MAX_SAFE_INTEGER, number_in, safe_integer
 from dramaverse.errors import BadRequest, Unauthorized
 
 USERNAME_RE = re.compile(r"[a-zA-Z0-9_.-]{3,20}")
@@ -131,19 +132,22 @@ class TokenService:
                 algorithms=[self.ALGORITHM],
                 options={"require": ["exp"], "verify_exp": False},
             )
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ArithmeticError, ValueError, TypeError):
+            # PyJWT's own iat/nbf checks call int() on the claim: 1e400 raises OverflowError.
             raise Unauthorized(TOKEN_INVALID) from None
-        user_id, username, expires = claims.get("id"), claims.get("username"), claims["exp"]
+        # Range checks before anything uses the claims: a user id storage can look up, an
+        # expiry that is a finite time (1e400 decodes to inf, which would never expire).
+        user_id = safe_integer(claims.get("id"), 0)
+        username = claims.get("username")
+        expires = number_in(claims["exp"], 0, MAX_SAFE_INTEGER)
         if (
-            not isinstance(user_id, int)
-            or isinstance(user_id, bool)
+            user_id is None
             or not isinstance(username, str)
-            or not isinstance(expires, int | float)
-            or isinstance(expires, bool)
+            or expires is None
             or expires <= self._clock()
         ):
             raise Unauthorized(TOKEN_INVALID)
-        return AuthUser(user_id, username, float(expires))
+        return AuthUser(user_id, username, expires)
 
     def verify_header(self, header: str | None) -> AuthUser:
         """Check an ``Authorization: Bearer <token>`` header."""

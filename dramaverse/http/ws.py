@@ -38,6 +38,7 @@ from hypercorn.typing import (
 from dramaverse.actors.hub import SessionGone
 from dramaverse.actors.session import Device
 from dramaverse.domain.jsjson import unstorable_text
+from dramaverse.domain.numbers import REQUEST_ID_RULE, is_request_id
 from dramaverse.errors import Conflict, DramaverseError, ServiceUnavailable, Unauthorized
 from dramaverse.http.auth import AuthUser
 from dramaverse.http.library_ops import OPERATIONS
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 PATH = "/api/ws"
 PROTOCOL = "dramaverse.v1"
 TOKEN_PROTOCOL_PREFIX = "dramaverse.token."
-MAX_REQUEST_ID_LENGTH = 64
 ERROR_WINDOW_SECONDS = 10.0
 
 CLOSE_NORMAL = 1000
@@ -439,14 +439,8 @@ class NativeConnection:
         if operation is None:
             raise ProtocolError(f"Unknown message type {kind!r}."[:200])
         request_id = message.get("id")
-        if (
-            not isinstance(request_id, str | int)
-            or isinstance(request_id, bool)
-            or len(str(request_id)) > MAX_REQUEST_ID_LENGTH
-        ):
-            raise ProtocolError(
-                f"A {kind} request needs an 'id' (string or integer, at most 64 characters)."
-            )
+        if not is_request_id(request_id):
+            raise ProtocolError(f"A {kind} request needs an 'id' ({REQUEST_ID_RULE}).")
         limiter = self._state.user_limiter
         if limiter is not None and not limiter.hit(self._address).allowed:
             when = minutes_phrase(limiter.rule.window)

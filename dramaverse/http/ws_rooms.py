@@ -35,6 +35,7 @@ import trio
 from dramaverse.actors.room import RoomGone, RoomPeer, RoomRegistry, render_json
 from dramaverse.actors.room_cluster import RoomCluster
 from dramaverse.actors.room_routes import RoomRoute
+from dramaverse.domain.numbers import REQUEST_ID_RULE, is_request_id
 from dramaverse.domain.rooms import (
     HANDLERS,
     MAX_NAME_LENGTH,
@@ -57,7 +58,6 @@ from dramaverse.http.state import AppState, RoomHostLookup
 from dramaverse.storage.base import Storage
 
 MAX_ROOMS_PER_CONNECTION = 4
-MAX_REQUEST_ID_LENGTH = 64
 ROOM_COMMANDS = frozenset(HANDLERS)  # room.play ... room.leave, clock.pong
 
 
@@ -92,14 +92,6 @@ def room_host_lookup(registry: RoomRegistry, storage: Storage | None = None) -> 
         return isinstance(host, str) and host == str(user_id)
 
     return is_host
-
-
-def _valid_id(request_id: object) -> bool:
-    return (
-        isinstance(request_id, str | int)
-        and not isinstance(request_id, bool)
-        and len(str(request_id)) <= MAX_REQUEST_ID_LENGTH
-    )
 
 
 def _fields(kind: str, data: object, allowed: tuple[str, ...]) -> Mapping[str, Any]:
@@ -147,12 +139,9 @@ class RoomLink:
         """Act on one room frame (its ``type`` is a string); answer refusals with an error."""
         request_id = message.get("id")
         try:
-            if request_id is not None and not _valid_id(request_id):
+            if request_id is not None and not is_request_id(request_id):
                 request_id = None
-                raise BadRequest(
-                    f"id must be a string or an integer of at most {MAX_REQUEST_ID_LENGTH} "
-                    "characters."
-                )
+                raise BadRequest(f"id must be {REQUEST_ID_RULE}.")
             kind = message["type"]
             if kind == "room.create":
                 await self._create(message.get("data"), request_id)

@@ -17,7 +17,6 @@ problem, answered as ``{"message": ...}`` by the app's error mapping.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 from quart import Blueprint, Response, g, request
 
 from dramaverse.domain.library import is_js_number
+from dramaverse.domain.numbers import finite
 from dramaverse.errors import BadRequest, NotFound, TooManyRequests, Unauthorized
 from dramaverse.http.auth import AuthUser, js_length
 from dramaverse.http.responses import (
@@ -102,17 +102,13 @@ def _number(
     low_text = "above 0" if positive else "from 0"
     kind = "a whole number" if whole else "a number"
     rule = f"must be {kind} {low_text} {'and at most' if positive else 'to'} {high:g}"
-    if not is_js_number(value):
+    number = finite(value)
+    if number is None:
         raise _invalid(name, rule)
-    assert isinstance(value, int | float)
-    if isinstance(value, float) and not math.isfinite(value):
+    too_low = number <= 0 if positive else number < 0
+    if too_low or number > high or (whole and not number.is_integer()):
         raise _invalid(name, rule)
-    too_low = value <= 0 if positive else value < 0
-    if too_low or value > high:
-        raise _invalid(name, rule)
-    if whole and isinstance(value, float) and not value.is_integer():
-        raise _invalid(name, rule)
-    return _js_number(value)
+    return _js_number(number)
 
 
 def _text(value: object, name: str, max_length: int) -> str:
