@@ -52,6 +52,8 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import split_comma_header
 
+from dramaverse.http import boundary
+
 if TYPE_CHECKING:
     from hypercorn.config import Config
     from hypercorn.trio.tcp_server import TCPServer
@@ -188,7 +190,7 @@ def parse_upgrade(head: bytes, rest: bytes, paths: frozenset[str]) -> Upgrade | 
     except UnicodeDecodeError:
         return None
     if (
-        key is None
+        not boundary.valid_websocket_key(key)
         or version != b"13"
         or upgrade is None
         or upgrade.lower() != b"websocket"
