@@ -63,6 +63,7 @@ CLOSE_AUTH_FAILED = 4100
 CLOSE_TOKEN_EXPIRED = 4101
 CLOSE_HELLO_TIMEOUT = 4102
 CLOSE_ABUSE = 4103
+CLOSE_SLOW = 4001
 
 
 def _dumps(value: Any) -> str:
@@ -203,6 +204,7 @@ class NativeConnection:
         self._scope = trio.CancelScope()
         self._close: tuple[int, str] | None = None
         self._outbox: trio.MemorySendChannel[str] | None = None
+        self._queued: trio.MemoryReceiveChannel[str] | None = None  # the outbox's other end
         self._last_seen = trio.current_time()
         self._errors: deque[float] = deque()
         self._rooms: RoomLink | None = None
@@ -219,7 +221,7 @@ class NativeConnection:
         try:
             self._outbox.send_nowait(frame)
         except trio.WouldBlock:
-            self.close(4001, "slow consumer: outbox full")
+            self.close(CLOSE_SLOW, "slow consumer: outbox full")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.close(CLOSE_NORMAL, "")
 
@@ -232,9 +234,25 @@ class NativeConnection:
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 try:
+                    if code != CLOSE_SLOW:  # a slow consumer would not take them anyway
+                        await self._flush()
                     await self._ws.close(code, reason)
                 except Exception:  # the peer may already be gone
                     log.debug("close frame not sent", exc_info=True)
+            if self._queued is not None:
+                self._queued.close()
+
+    async def _flush(self) -> None:
+        """Send what was queued before the close (the error frames that led to a 4103, say):
+        the writer was cancelled with the connection's scope, its frames were not."""
+        if self._queued is None:
+            return
+        while True:
+            try:
+                frame = self._queued.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            await self._ws.send(frame)
 
     async def _serve(self) -> None:
         hello = await self._receive_hello()
@@ -245,7 +263,7 @@ class NativeConnection:
             return
         resume = hello.get("resume")
         send, receive = trio.open_memory_channel[str](self._settings.ws_outbox_size)
-        self._outbox = send
+        self._outbox, self._queued = send, receive
         device = Device(send, self.close)
         hub = self._state.hub
         rooms = self._rooms = RoomLink(
@@ -344,9 +362,8 @@ class NativeConnection:
         return render
 
     async def _writer(self, receive: trio.MemoryReceiveChannel[str]) -> None:
-        async with receive:
-            async for frame in receive:
-                await self._ws.send(frame)
+        async for frame in receive:  # closed by run(), after the frames left are flushed
+            await self._ws.send(frame)
 
     async def _watch_shutdown(self) -> None:
         await self._state.shutdown.wait()

@@ -1,0 +1,55 @@
+"""The native socket's answers to a burst of bad frames: every error frame, then the close."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+from tests.conftest import make_settings, running_server
+
+PROTOCOL = "dramaverse.v1"
+
+
+async def test_every_error_frame_queued_before_the_abuse_close_is_delivered(
+    tmp_path: Path,
+) -> None:
+    limit = 20
+    async with running_server(make_settings(tmp_path, ws_max_errors=limit)) as server:
+        token = await server.register("alice")
+        port = int(server.url.rsplit(":", 1)[1])
+        ws = WSConnection(ConnectionType.CLIENT)
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            request = Request(host="127.0.0.1", target="/api/ws", subprotocols=[PROTOCOL])
+            await stream.send_all(ws.send(request))
+            events: list[object] = []
+            with trio.fail_after(10):
+                while not any(isinstance(e, AcceptConnection) for e in events):
+                    ws.receive_data(await stream.receive_some(65536))
+                    events += ws.events()
+                hello = ws.send(TextMessage(json.dumps({"type": "hello", "token": token})))
+                burst = limit + 1  # the last one crosses the limit
+                # One write: the server reads every frame before its writer runs.
+                await stream.send_all(
+                    hello + b"".join(ws.send(TextMessage("x")) for _ in range(burst))
+                )
+                frames: list[dict[str, object]] = []
+                close: CloseConnection | None = None
+                while close is None:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        break
+                    ws.receive_data(data)
+                    for event in ws.events():
+                        if isinstance(event, TextMessage):
+                            frames.append(json.loads(event.data))
+                        elif isinstance(event, CloseConnection):
+                            close = event
+        errors = [f for f in frames if f["type"] == "error"]
+        assert frames[0]["type"] == "ready"
+        assert len(errors) == burst
+        assert close is not None
+        assert close.code == 4103
