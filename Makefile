@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format bench-catalog clean
+.PHONY: run test fuzz lint format bench-catalog clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package-lock.json
 
 test: $(VENV)/.installed-dev $(NODE_DIR)/node_modules/.installed
 	$(BIN)/pytest --cov=dramaverse --cov-branch --cov-report=term:skip-covered
+
+# The property-based fuzz targets (tests/test_fuzz_*.py) with many more examples than `make test`
+# runs; FUZZ_EXAMPLES overrides the count.
+FUZZ_EXAMPLES ?= 1000
+fuzz: $(VENV)/.installed-dev $(NODE_DIR)/node_modules/.installed
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -p no:cacheprovider tests/test_fuzz_*.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

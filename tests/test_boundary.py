@@ -147,3 +147,23 @@ async def test_an_unexpected_failure_ends_only_its_connection(
         await bystander.send_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (await read_until(bystander, b'"ok"}')).startswith(b"HTTP/1.1 200")
     await still_healthy(server)
+
+
+@pytest.mark.parametrize("path", [b"/x", b"/api/nope"])
+async def test_a_websocket_upgrade_to_a_path_without_a_socket_is_a_404(
+    server: Server, path: bytes
+) -> None:
+    """Found by the handshake fuzzer: Quart answers it outside a request context, and the
+    error handler's look at the request made it a 500."""
+    async with raw(server) as stream:
+        await stream.send_all(upgrade(path))
+        answer = await read_until(stream, b"}")
+    assert answer.startswith(b"HTTP/1.1 404"), answer[:300]
+    assert answer.endswith(b'{"message":"Not found: GET ' + path + b'"}')
+
+
+async def test_a_websocket_upgrade_to_an_http_route_is_a_400(server: Server) -> None:
+    async with raw(server) as stream:
+        await stream.send_all(upgrade(b"/api/dramas"))
+        answer = await read_until(stream, b"}")
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:300]

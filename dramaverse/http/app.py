@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from quart import Response, g, request
+from quart import Response, g, has_request_context, has_websocket_context, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -84,18 +84,17 @@ def create_app(state: AppState) -> QuartTrio:
     async def known_error(error: DramaverseError) -> Response:
         extra = error.extra if isinstance(error, Conflict) else {}
         if error.status >= 500:
-            log.warning(
-                "%s on %s %s: %s", error.status, request.method, request.path, error.message
-            )
+            log.warning("%s on %s %s: %s", error.status, *_current(), error.message)
         return error_response(error.status, error.message, **extra)
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         status = error.code or 500
+        method, path = _current()
         if status == 404:
-            message = f"Not found: {request.method} {request.path}"
+            message = f"Not found: {method} {path}"
         elif status == 405:
-            message = f"Method {request.method} is not allowed on {request.path}."
+            message = f"Method {method} is not allowed on {path}."
         elif status == 413:
             message = f"Request body too large (limit {state.settings.max_body_bytes} bytes)."
         elif status >= 500:
@@ -111,7 +110,17 @@ def create_app(state: AppState) -> QuartTrio:
 
     @app.errorhandler(Exception)
     async def unexpected_error(error: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.path, exc_info=error)
+        log.exception("unhandled error on %s %s", *_current(), exc_info=error)
         return error_response(500, SERVER_ERROR)
 
     return app
+
+
+def _current() -> tuple[str, str]:
+    """The method and path of the request or WebSocket handshake being handled (a WebSocket
+    upgrade to an unknown path is answered by the same handlers, outside a request context)."""
+    if has_request_context():
+        return request.method, request.path
+    if has_websocket_context():
+        return "GET", websocket.path
+    return "?", "?"
