@@ -49,6 +49,7 @@ CHECK_SECONDS = 5.0  # how often the hub compares every session's head with the 
 RESTART_LIMIT = 5  # crashes of one user's session tolerated ...
 RESTART_WINDOW_SECONDS = 60.0  # ... within this many seconds
 RESTART_BACKOFF_SECONDS = 0.1  # the second restart in a window waits this, then doubling
+RESTART_BACKOFF_MAX_SECONDS = 5.0
 CLOSE_INTERNAL_ERROR = 1011  # docs/protocol.md: reconnect with backoff and resume
 
 
@@ -149,7 +150,11 @@ class SessionHub:
                 device.gone = True
                 device.evict(CLOSE_INTERNAL_ERROR, "session failed; reconnect")
             return None
-        delay = 0.0 if len(crashes) == 1 else RESTART_BACKOFF_SECONDS * 2 ** (len(crashes) - 2)
+        delay = 0.0
+        if len(crashes) > 1:
+            delay = min(
+                RESTART_BACKOFF_MAX_SECONDS, RESTART_BACKOFF_SECONDS * 2 ** (len(crashes) - 2)
+            )
         successor = self._new_session(user_id, devices, start_delay=delay)
         self.sessions[user_id] = successor
         for message in crashed.leftovers:
