@@ -1,15 +1,23 @@
 """The UserSession actor: ordering, gap repair from the log, eviction, idle stop; the hub's
-periodic check of every session's head against the log."""
+periodic check of every session's head against the log; replays streamed at the device's pace;
+supervision (restart with the devices, restart intensity)."""
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 
 from dramaverse.actors.hub import SessionHub, open_hub
-from dramaverse.actors.session import Device
+from dramaverse.actors.session import AttachResult, Device
 from dramaverse.broker.memory import MemoryBroker
+from dramaverse.config import Settings
 from dramaverse.domain.library import SetFavorite
 from dramaverse.storage.sqlite import SqliteStorage, open_sqlite
 from tests.conftest import make_settings, sample_records
@@ -187,3 +195,260 @@ async def test_hub_check_survives_an_unreadable_log_and_repairs_after(tmp_path: 
             assert URLS[1] in frame
             assert evictions == []
             nursery.cancel_scope.cancel()
+
+
+# -- replays streamed at the device's pace ------------------------------------------------------
+
+
+@asynccontextmanager
+async def _hub(
+    tmp_path: Path, settings: Settings, **options: Any
+) -> AsyncIterator[tuple[SessionHub, SqliteStorage, MemoryBroker, int, trio.Nursery]]:
+    broker = MemoryBroker()
+    async with open_sqlite(tmp_path / "x.db") as storage:
+        await storage.migrate()
+        await storage.import_dramas(sample_records())
+        user = await storage.create_user("alice", "hash")
+        async with trio.open_nursery() as nursery:
+            hub = SessionHub(nursery, storage, broker, settings, **options)
+            yield hub, storage, broker, user, nursery
+            nursery.cancel_scope.cancel()
+
+
+async def _write(storage: SqliteStorage, user: int, count: int) -> list[bytes]:
+    """``count`` favorite changes in the log (not published); their encoded events."""
+    encoded = []
+    first = await storage.event_head(user)  # each URL alternates on, off, on...: always a change
+    for n in range(first, first + count):
+        result = await storage.set_favorite(user, SetFavorite(URLS[n % 2], n % 4 < 2))
+        assert result.event is not None
+        encoded.append(result.event.encode())
+    return encoded
+
+
+def _seqs(frames: list[str]) -> list[int]:
+    return [json.loads(frame)["seq"] for frame in frames]
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    with trio.fail_after(5):
+        while not condition():  # noqa: ASYNC110 (state of other tasks, no event to wait on)
+            await trio.sleep(0.01)
+
+
+async def _attach_in_background(
+    nursery: trio.Nursery, attach: Callable[[], Awaitable[AttachResult]]
+) -> list[AttachResult]:
+    results: list[AttachResult] = []
+
+    async def run() -> None:
+        results.append(await attach())
+
+    nursery.start_soon(run)
+    return results
+
+
+def _ready(head: int) -> str:
+    return json.dumps({"type": "ready", "seq": head})
+
+
+async def test_a_stalled_replay_holds_up_neither_the_actor_nor_other_devices(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path, ws_heartbeat_timeout=60.0)
+    async with _hub(tmp_path, settings) as (hub, storage, broker, user, nursery):
+        await _write(storage, user, 50)
+        slow, slow_inbox, evicted = _device(size=4)
+        results = await _attach_in_background(nursery, lambda: hub.attach(user, slow, 0, _ready))
+        # The replay fills the outbox to its high-water mark (3 of 4) and waits there.
+        await _until(lambda: slow_inbox.statistics().current_buffer_used == 3)
+        fast, fast_inbox, _ = _device()
+        await hub.attach(user, fast, None, _ready)
+        assert _seqs(_drain(fast_inbox)) == [50]
+        published = await storage.set_favorite(user, SetFavorite(URLS[5], True))
+        assert published.event is not None
+        await broker.publish(f"user:{user}", published.event.encode())
+        with trio.fail_after(5):
+            assert _seqs([await fast_inbox.receive()]) == [51]
+        assert results == []  # still replaying, and not evicted: it is slow, not stuck
+        assert evicted == []
+        # The slow device reads at last: everything, once, in order, then live.
+        with trio.fail_after(5):
+            frames = [await slow_inbox.receive() for _ in range(52)]
+        assert _seqs(frames) == [50, *range(1, 52)]
+        await _until(lambda: bool(results))
+        assert results[0].replay
+        assert evicted == []
+        published = await storage.set_favorite(user, SetFavorite(URLS[6], True))
+        assert published.event is not None
+        await broker.publish(f"user:{user}", published.event.encode())
+        with trio.fail_after(5):
+            assert _seqs([await slow_inbox.receive()]) == [52]
+            assert _seqs([await fast_inbox.receive()]) == [52]
+
+
+async def test_a_replay_that_takes_nothing_for_the_patience_is_evicted_as_slow(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path, ws_heartbeat_timeout=0.2)  # the replay's patience
+    async with _hub(tmp_path, settings) as (hub, storage, _broker, user, nursery):
+        await _write(storage, user, 20)
+        stuck, _stuck_inbox, evicted = _device(size=4)
+        results = await _attach_in_background(nursery, lambda: hub.attach(user, stuck, 0, _ready))
+        await _until(lambda: bool(results))
+        assert evicted == [(4001, "slow consumer: outbox full")]
+        assert stuck.gone
+
+
+async def test_a_resume_the_log_no_longer_covers_gets_resync_and_no_replay(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path)
+    async with _hub(tmp_path, settings) as (hub, storage, _broker, user, _nursery):
+        await _write(storage, user, 10)
+        assert await storage.prune_events(4, 0) == 6
+        late, inbox, _ = _device()
+        result = await hub.attach(user, late, 2, _ready)
+        assert (result.resynced, result.replay) == (True, False)
+        assert [json.loads(f)["type"] for f in _drain(inbox)] == ["ready", "resync"]
+        kept, inbox, _ = _device()
+        result = await hub.attach(user, kept, 6, _ready)  # 7..10 are still there
+        assert (result.resynced, result.replay) == (False, True)
+        assert _seqs(_drain(inbox)) == [10, 7, 8, 9, 10]
+
+
+# -- supervision: a crashed session actor is restarted with its devices ------------------------
+
+
+class FailingReads:
+    """Fault injection: the next ``times`` log reads raise, as a bug or a driver error would."""
+
+    def __init__(self, storage: SqliteStorage, monkeypatch: pytest.MonkeyPatch, times: int):
+        self.left = times
+        self.raised = 0
+        real = storage.read_events
+
+        async def read_events(user_id: int, after: int, limit: int) -> Any:
+            if self.left > 0:
+                self.left -= 1
+                self.raised += 1
+                raise RuntimeError("injected read failure")
+            return await real(user_id, after, limit)
+
+        monkeypatch.setattr(storage, "read_events", read_events)
+
+
+def _crash_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "session actor of user" in r.getMessage()]
+
+
+async def test_a_crashed_session_is_restarted_and_its_devices_miss_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(tmp_path)
+    async with _hub(tmp_path, settings) as (hub, storage, broker, user, _nursery):
+        devices = [_device() for _ in range(2)]
+        for device, inbox, _ in devices:
+            await hub.attach(user, device, None, _ready)
+            assert _seqs(_drain(inbox)) == [0]
+        crashed = hub.sessions[user]
+        faults = FailingReads(storage, monkeypatch, times=1)
+        # Two writes, only the second published: the gap repair reads the log, and that read
+        # raises: the actor crashes in the middle of delivering.
+        encoded = await _write(storage, user, 2)
+        with caplog.at_level(logging.ERROR):
+            await broker.publish(f"user:{user}", encoded[1])
+            for _, inbox, _ in devices:
+                with trio.fail_after(5):
+                    assert _seqs([await inbox.receive(), await inbox.receive()]) == [1, 2]
+        assert faults.raised == 1
+        [record] = _crash_records(caplog)
+        assert f"user {user} crashed" in record.getMessage()
+        assert "restarting it with its 2 device(s)" in record.getMessage()
+        successor = hub.sessions[user]
+        assert successor is not crashed
+        assert successor.devices == [device for device, _, _ in devices]
+        # Live delivery goes on from the successor, without a duplicate.
+        [third] = await _write(storage, user, 1)
+        await broker.publish(f"user:{user}", third)
+        await broker.publish(f"user:{user}", encoded[1])  # a stale duplicate is skipped
+        for _, inbox, evicted in devices:
+            with trio.fail_after(5):
+                assert _seqs([await inbox.receive()]) == [3]
+            await trio.testing.wait_all_tasks_blocked()
+            assert _drain(inbox) == []
+            assert evicted == []
+
+
+async def test_a_replay_survives_a_crash_of_its_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(tmp_path, ws_heartbeat_timeout=60.0)
+    async with _hub(tmp_path, settings) as (hub, storage, broker, user, nursery):
+        await _write(storage, user, 30)
+        replaying, inbox, evicted = _device(size=4)
+        results = await _attach_in_background(
+            nursery, lambda: hub.attach(user, replaying, 0, _ready)
+        )
+        await _until(lambda: inbox.statistics().current_buffer_used == 3)
+        crashed = hub.sessions[user]
+        FailingReads(storage, monkeypatch, times=1)
+        encoded = await _write(storage, user, 2)  # 31, 32: only 32 is published
+        await broker.publish(f"user:{user}", encoded[1])
+        await _until(lambda: hub.sessions.get(user) not in (None, crashed))
+        with trio.fail_after(5):
+            frames = [await inbox.receive() for _ in range(33)]
+        assert _seqs(frames) == [30, *range(1, 33)]
+        await _until(lambda: bool(results))
+        assert evicted == []
+        [live] = await _write(storage, user, 1)
+        await broker.publish(f"user:{user}", live)
+        with trio.fail_after(5):
+            assert _seqs([await inbox.receive()]) == [33]
+
+
+async def test_a_session_that_keeps_crashing_closes_its_devices_with_a_reconnect_code(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # Virtual time for the restart back-off; the jump waits for SQLite's threads (real I/O).
+    mock_clock.autojump_threshold = 0.5
+    settings = make_settings(tmp_path)
+    async with _hub(tmp_path, settings, restart_limit=2, restart_window=60.0) as (
+        hub,
+        storage,
+        broker,
+        user,
+        _nursery,
+    ):
+        send, _receive = trio.open_memory_channel[str](64)
+        evicted: list[tuple[int, str]] = []
+        closed = trio.Event()
+
+        def evict(code: int, reason: str) -> None:
+            evicted.append((code, reason))
+            closed.set()
+
+        device = Device(send, evict)
+        await hub.attach(user, device, None, _ready)
+        faults = FailingReads(storage, monkeypatch, times=1_000)  # every read fails
+        encoded = await _write(storage, user, 2)
+        with caplog.at_level(logging.ERROR):
+            await broker.publish(f"user:{user}", encoded[1])
+            with trio.fail_after(30):
+                await closed.wait()
+        # The first crash and two restarts that crash at once (they start behind the log),
+        # then no more restarts: the device is told to reconnect.
+        assert evicted == [(1011, "session failed; reconnect")]
+        assert faults.raised == 3
+        records = _crash_records(caplog)
+        assert len(records) == 3
+        assert "giving up, closing its 1 device(s)" in records[-1].getMessage()
+        assert user not in hub.sessions
+        # Once the cause is gone, the user's next connection gets a working session.
+        faults.left = 0
+        again, inbox, _ = _device()
+        await hub.attach(user, again, None, _ready)
+        assert _seqs(_drain(inbox)) == [2]

@@ -164,6 +164,52 @@ async def test_resume_replays_exactly_the_missed_events(server: Server) -> None:
         assert live["seq"] == 5  # no duplicate, no gap
 
 
+async def _miss(server: Server, token: str, count: int) -> None:
+    """``count`` favorite changes written while no device of the user is connected."""
+    from dramaverse.domain.library import SetFavorite
+
+    storage = server.handle.state.storage
+    user_id = server.handle.state.tokens.verify(token).id
+    for n in range(count):
+        result = await storage.set_favorite(user_id, SetFavorite(URLS[n % 2], n % 4 < 2))
+        assert result.event is not None
+
+
+async def test_resume_replays_more_than_an_outbox_of_missed_events(server: Server) -> None:
+    # 300 missed events, WS_OUTBOX_SIZE 256, retention 1000: nothing is pruned, so all of them
+    # are replayed (the replay used to stop at one outbox and send resync instead).
+    alice = await server.register("alice")
+    await _miss(server, alice, 300)
+    async with device(server, alice, resume=0) as ws:
+        assert (await receive(ws))["seq"] == 300
+        await ws.send_message(json.dumps({"type": "ping"}))  # answered after the replay
+        frames = []
+        while (frame := await receive(ws)) != {"type": "pong"}:
+            frames.append(frame)
+        assert [(f["type"], f.get("seq")) for f in frames] == [
+            ("event", seq) for seq in range(1, 301)
+        ]
+
+
+async def test_events_during_a_long_replay_follow_it_once_and_in_order(tmp_path: Path) -> None:
+    # An outbox of 4 and a client that reads slowly: the replay waits for the device, and
+    # writes made meanwhile (delivered live to the other device) come after it, exactly once.
+    settings = make_settings(tmp_path, ws_outbox_size=4)
+    async with running_server(settings) as server:
+        alice = await server.register("alice")
+        await _miss(server, alice, 300)
+        async with device(server, alice) as live, device(server, alice, resume=0, queue=1) as ws:
+            assert (await receive(live))["seq"] == 300
+            assert (await receive(ws))["seq"] == 300
+            for n in range(5):
+                await favorite(server, alice, URLS[2 + n], True)
+                assert (await receive(live))["seq"] == 301 + n  # not held up by the replay
+            seqs = [(await receive(ws))["seq"] for _ in range(305)]
+            assert seqs == list(range(1, 306))
+            await favorite(server, alice, URLS[9], True)
+            assert (await receive(ws))["seq"] == 306
+
+
 async def test_resume_at_head_replays_nothing(server: Server) -> None:
     alice = await server.register("alice")
     await favorite(server, alice, URLS[0], True)

@@ -1,19 +1,42 @@
-"""The session hub: get-or-start a UserSession actor per user, and let idle ones go.
+"""The session hub: get-or-start a UserSession actor per user, supervise it, let idle ones go.
+
+Supervision: a session actor that raises (a bug, a storage error) is logged once with the user
+id and restarted at once, with its devices: the new actor starts from the lowest position a
+device was delivered and each device gets exactly the events it missed (its cursor skips the
+rest), so none loses or repeats an event; requests still queued (attaches, hand-overs) go to
+the new actor. The device whose attach was being handled when it crashed is refused
+(``SessionGone``: its connection closes with 1011 and reconnects with ``resume``). Restart
+intensity: more than ``restart_limit`` crashes of one user's session within ``restart_window``
+seconds, and the hub stops restarting it: its devices are closed with 1011 (reconnect with
+backoff and ``resume``), so a session that cannot run costs a reconnect per client backoff, not
+a busy loop. Restarts after the first wait a growing back-off.
 
 Resource handling: ``open_hub`` owns the nursery every session actor runs in; leaving it
-cancels them all. Session actors are temporary: a crashed one is logged, not restarted, and its
-devices reconnect (their connections see the actor gone and close with 1011).
+cancels them all. Each actor runs under ``_supervise``, which owns its registry entry while it
+is crashed. ``attach`` streams a device's replay in the caller's task, never the actor's.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
 import trio
 
-from dramaverse.actors.session import Attach, AttachResult, Detach, Device, UserSession
+from dramaverse.actors.replay import stream_replay
+from dramaverse.actors.session import (
+    Attach,
+    AttachResult,
+    Detach,
+    Device,
+    Handover,
+    Live,
+    Message,
+    UserSession,
+    release,
+)
 from dramaverse.broker.base import Broker
 from dramaverse.config import Settings
 from dramaverse.errors import StorageUnavailable
@@ -23,6 +46,11 @@ log = logging.getLogger(__name__)
 
 
 CHECK_SECONDS = 5.0  # how often the hub compares every session's head with the log
+RESTART_LIMIT = 5  # crashes of one user's session tolerated ...
+RESTART_WINDOW_SECONDS = 60.0  # ... within this many seconds
+RESTART_BACKOFF_SECONDS = 0.1  # the second restart in a window waits this, then doubling
+RESTART_BACKOFF_MAX_SECONDS = 5.0
+CLOSE_INTERNAL_ERROR = 1011  # docs/protocol.md: reconnect with backoff and resume
 
 
 class SessionGone(Exception):
@@ -31,25 +59,42 @@ class SessionGone(Exception):
 
 class SessionHub:
     def __init__(
-        self, nursery: trio.Nursery, storage: Storage, broker: Broker, settings: Settings
+        self,
+        nursery: trio.Nursery,
+        storage: Storage,
+        broker: Broker,
+        settings: Settings,
+        *,
+        restart_limit: int = RESTART_LIMIT,
+        restart_window: float = RESTART_WINDOW_SECONDS,
     ) -> None:
         self._nursery = nursery
         self._storage = storage
         self._broker = broker
         self._settings = settings
+        self._restart_limit = restart_limit
+        self._restart_window = restart_window
+        self._crashes: dict[int, deque[float]] = {}  # recent crash times per user
         self.sessions: dict[int, UserSession] = {}
+
+    def _new_session(
+        self, user_id: int, devices: list[Device] | None = None, start_delay: float = 0.0
+    ) -> UserSession:
+        return UserSession(
+            user_id,
+            self._storage,
+            self._broker,
+            grace=self._settings.session_grace_seconds,
+            replay_limit=max(1, min(1000, self._settings.ws_outbox_size - 2)),
+            on_exit=self._forget,
+            devices=devices,
+            start_delay=start_delay,
+        )
 
     def _session(self, user_id: int) -> UserSession:
         session = self.sessions.get(user_id)
         if session is None:
-            session = UserSession(
-                user_id,
-                self._storage,
-                self._broker,
-                grace=self._settings.session_grace_seconds,
-                replay_limit=max(1, min(1000, self._settings.ws_outbox_size - 2)),
-                on_exit=self._forget,
-            )
+            session = self._new_session(user_id)
             # Registered before it starts, so concurrent first connections share one actor.
             self.sessions[user_id] = session
             self._nursery.start_soon(self._supervise, session)
@@ -60,17 +105,114 @@ class SessionHub:
             del self.sessions[session.user_id]
 
     async def _supervise(self, session: UserSession) -> None:
-        try:
-            await session.run()
-        except StorageUnavailable as exc:  # the database is down: its devices reconnect later
-            log.warning("session actor of user %d stopped: %s", session.user_id, exc)
-        except Exception:
-            log.exception("session actor of user %d crashed", session.user_id)
+        """Run ``session``; restart it with its devices when it crashes (module docstring)."""
+        current: UserSession | None = session
+        while current is not None:
+            try:
+                await current.run()
+            except Exception as exc:
+                current = self._after_crash(current, exc)
+            else:  # idle: it ended normally and left the registry itself
+                crashes = self._crashes.get(session.user_id)
+                if crashes and crashes[-1] <= trio.current_time() - self._restart_window:
+                    del self._crashes[session.user_id]
+                return
+
+    def _after_crash(self, crashed: UserSession, exc: Exception) -> UserSession | None:
+        """The crashed actor's successor, registered with its devices; None when giving up.
+
+        Never awaits: no other task can see the user without a registered actor."""
+        user_id = crashed.user_id
+        now = trio.current_time()
+        crashes = self._crashes.setdefault(user_id, deque())
+        while crashes and crashes[0] <= now - self._restart_window:
+            crashes.popleft()
+        crashes.append(now)
+        devices = [d for d in crashed.devices if not d.gone]
+        giving_up = len(crashes) > self._restart_limit
+        # Logged once per crash, with the user and what happens next.
+        plain = isinstance(exc, StorageUnavailable)  # an outage, not a bug: no traceback
+        log.error(
+            "session actor of user %d crashed (%d time(s) in %.0f s)%s; %s %d device(s)",
+            user_id,
+            len(crashes),
+            self._restart_window,
+            f": {exc}" if plain else "",
+            "giving up, closing its" if giving_up else "restarting it with its",
+            len(devices),
+            exc_info=None if plain else exc,
+        )
+        registered = self.sessions.get(user_id)
+        if giving_up or (registered is not None and registered is not crashed):
+            self._forget(crashed)
+            release(crashed.leftovers)
+            for device in devices:
+                device.gone = True
+                device.evict(CLOSE_INTERNAL_ERROR, "session failed; reconnect")
+            return None
+        delay = 0.0
+        if len(crashes) > 1:
+            delay = min(
+                RESTART_BACKOFF_MAX_SECONDS, RESTART_BACKOFF_SECONDS * 2 ** (len(crashes) - 2)
+            )
+        successor = self._new_session(user_id, devices, start_delay=delay)
+        self.sessions[user_id] = successor
+        for message in crashed.leftovers:
+            if isinstance(message, Attach | Live | Detach):  # the log replaces the rest
+                _requeue(successor, message)
+        return successor
 
     async def attach(
         self, user_id: int, device: Device, resume: int | None, ready: Callable[[int], str]
     ) -> AttachResult:
-        """Attach a device to its user's session, starting the actor if needed."""
+        """Attach a device to its user's session, starting the actor if needed.
+
+        With a ``resume`` the log still covers, the device's missed events are streamed here,
+        in the caller's task and at the device's pace, before this returns (``stream_replay``);
+        then the actor takes the device live. A device evicted meanwhile (slow) has been told
+        so through its ``evict``.
+
+        Error handling: ``SessionGone`` when the actor failed the request, or the log could not
+        be read for the replay (the device must reconnect).
+        """
+        result = await self._attach(user_id, device, resume, ready)
+        if result.replay:
+            try:
+                await self._replay(user_id, device)
+            except StorageUnavailable as exc:
+                raise SessionGone(f"the log of user {user_id} is unreadable: {exc}") from exc
+        return result
+
+    async def _replay(self, user_id: int, device: Device) -> None:
+        patience = self._settings.ws_heartbeat_timeout
+        while True:
+            await stream_replay(self._storage, user_id, device, patience=patience)
+            if device.gone:
+                return
+            outcome = await self._hand_over(user_id, device)
+            if outcome is not Handover.BEHIND:
+                return
+
+    async def _hand_over(self, user_id: int, device: Device) -> Handover:
+        """Ask the user's actor (a restarted one, if it crashed meanwhile) to take ``device``."""
+        while True:
+            session = self.sessions.get(user_id)
+            if session is None:
+                raise SessionGone(f"the session of user {user_id} stopped during a replay")
+            request = Live(device)
+            try:
+                await session.inbox.send(request)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._forget(session)  # stopping idle; the device was detached, or is not ours
+                continue
+            await request.done.wait()
+            if request.outcome is None:  # dropped (not handed to a successor): closed for us
+                return Handover.GONE
+            return request.outcome
+
+    async def _attach(
+        self, user_id: int, device: Device, resume: int | None, ready: Callable[[int], str]
+    ) -> AttachResult:
         for _ in range(3):  # an actor may be stopping right now; the next one is fresh
             session = self._session(user_id)
             request = Attach(device, resume, ready)
@@ -123,6 +265,15 @@ class SessionHub:
         if session is not None:
             with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 session.inbox.send_nowait(Detach(device))
+
+
+def _requeue(successor: UserSession, message: Message) -> None:
+    """Hand a request the crashed actor never handled to its successor (an empty inbox as large
+    as the crashed one's, so it fits)."""
+    try:
+        successor.inbox.send_nowait(message)
+    except trio.WouldBlock:
+        release([message])
 
 
 @asynccontextmanager

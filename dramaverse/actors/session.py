@@ -7,18 +7,29 @@ on a device: a full outbox gets the device evicted with close code 4001 (slow co
 Gaps are expected and repaired: the broker is best effort, concurrent writers publish in any
 order, and an inbox that overflowed drops messages. Whenever an event arrives more than one past
 ``head``, when the inbox overflowed, when the broker reports a gap (``on_gap``: it reconnected to
-Redis), and periodically while idle, the actor reads the missing range from the durable log. A
-device that resumes gets its missed events from the log too, or a ``resync`` frame when the log
-no longer has them. While the database is unavailable a repair fails without stopping the
-actor: its devices stay attached and the repair is retried (next message or periodic check).
+Redis), and periodically while idle, the actor reads the missing range from the durable log.
+While the database is unavailable a repair fails without stopping the actor: its devices stay
+attached and the repair is retried (next message or periodic check).
+
+A device that resumes gets a ``resync`` frame when the log no longer has what it missed;
+otherwise it is attached ``replaying``: the actor skips it while the connection's own task
+streams the missed events from the log at the device's pace (``actors/replay.py``), and takes it
+live when the replay asks (``Live``) and nothing newer was delivered meanwhile.
+
+A session started by its supervisor after a crash (``SessionHub``) is given the crashed one's
+devices: it starts from the lowest position a live device was delivered, so each gets exactly
+what it missed, and the replaying ones go on replaying.
 
 Resource handling: the hub owns the nursery the actor runs in and the inbox's send side; the
 actor owns the receive side and the broker subscription, and exits (closing its inbox) after its
-last device has been gone for ``grace`` seconds.
+last device has been gone for ``grace`` seconds. When it crashes, the messages still queued and
+its devices are left in ``leftovers`` and ``devices`` for the supervisor; otherwise waiting
+requests are released and its devices marked gone.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import math
@@ -60,8 +71,9 @@ class Device:
     evict: Callable[[int, str], None]
     render: Callable[[UserEvent], str] = UserEvent.frame
     render_resync: Callable[[int], str] = resync_frame
-    cursor: int = 0
+    cursor: int = 0  # the last seq queued for this device
     gone: bool = False
+    replaying: bool = False  # its replay runs in its connection's task: no live frames yet
 
     def push(self, frame: str) -> bool:
         """Queue a frame without waiting; evict the device when its outbox is full."""
@@ -72,6 +84,7 @@ class Device:
 class AttachResult:
     head: int
     resynced: bool
+    replay: bool = False  # the caller must stream the replay, then hand over (``Live``)
 
 
 @dataclass(eq=False)
@@ -90,6 +103,21 @@ class Detach:
     device: Device
 
 
+class Handover(enum.Enum):
+    LIVE = "live"  # the actor delivers to the device from now on
+    BEHIND = "behind"  # newer events were delivered meanwhile: replay again from its cursor
+    GONE = "gone"  # the device is no longer attached (detached, evicted)
+
+
+@dataclass(eq=False)
+class Live:
+    """The replay of ``device`` reached its cursor: take it live unless it fell behind."""
+
+    device: Device
+    done: trio.Event = field(default_factory=trio.Event)
+    outcome: Handover | None = None  # None: the actor stopped before answering
+
+
 @dataclass(frozen=True, slots=True)
 class Published:
     raw: bytes
@@ -100,7 +128,7 @@ class Gap:
     """The broker may have lost messages (it reconnected): repair from the log now."""
 
 
-Message = Attach | Detach | Published | Gap
+Message = Attach | Detach | Live | Published | Gap
 
 
 class UserSession:
@@ -116,10 +144,13 @@ class UserSession:
         check_interval: float | None = None,
         replay_limit: int = 250,
         on_exit: Callable[[UserSession], None] = lambda _: None,
+        devices: list[Device] | None = None,
+        start_delay: float = 0.0,
     ) -> None:
         self.user_id = user_id
         self.inbox, self._receive = trio.open_memory_channel[Message](INBOX_SIZE)
-        self.devices: list[Device] = []
+        self.devices: list[Device] = list(devices or ())
+        self.leftovers: list[Message] = []  # what was still queued when it crashed
         self.head = 0
         self.ready = trio.Event()
         self.stopped = trio.Event()
@@ -129,6 +160,7 @@ class UserSession:
         self._check_interval = check_interval
         self._replay_limit = replay_limit
         self._on_exit = on_exit
+        self._start_delay = start_delay
         self._lossy = False
         self._repair_failing = False
 
@@ -160,28 +192,38 @@ class UserSession:
             return
 
     async def run(self) -> None:
+        """Serve until idle past the grace period. A crash propagates to the supervisor."""
+        crashed = False
         try:
+            await trio.sleep(self._start_delay)  # a restart's back-off
             async with self._broker.subscribe(
                 user_topic(self.user_id), self._on_published, on_gap=self._on_gap
             ):
                 # Subscribe first, then read the head: anything published in between is either
                 # at or below the head (skipped) or above it (delivered).
-                self.head = await self._storage.event_head(self.user_id)
+                log_head = await self._storage.event_head(self.user_id)
+                # Devices taken over from a crashed session: start where the furthest behind
+                # was; each skips what it already has (its cursor).
+                self.head = min([log_head] + [d.cursor for d in self.devices if not d.replaying])
                 self.ready.set()
+                if self.head < log_head:
+                    await self._repair()
                 await self._loop()
+        except Exception:
+            crashed = True
+            raise
         finally:
-            self._on_exit(self)
-            # Requests still queued (only if the actor crashed) must not wait forever.
             while True:
                 try:
-                    pending = self._receive.receive_nowait()
+                    self.leftovers.append(self._receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-                if isinstance(pending, Attach):
-                    pending.done.set()
             self._receive.close()
-            for device in self.devices:
-                device.gone = True
+            if not crashed:
+                self._on_exit(self)
+                release(self.leftovers)
+                for device in self.devices:
+                    device.gone = True
             self.stopped.set()
 
     async def _loop(self) -> None:
@@ -222,13 +264,25 @@ class UserSession:
             case Detach(device):
                 device.gone = True
                 self.devices = [d for d in self.devices if d is not device]
+            case Live(device):
+                message.outcome = self._take_live(device)
+                message.done.set()
             case Gap():
                 await self._repair()
+
+    def _take_live(self, device: Device) -> Handover:
+        """Everything up to ``head`` went to the other devices; has the replay reached it?"""
+        if device.gone or all(d is not device for d in self.devices):
+            return Handover.GONE
+        if device.cursor < self.head:
+            return Handover.BEHIND
+        device.replaying = False
+        return Handover.LIVE
 
     def _deliver(self, event: UserEvent) -> None:
         frames: dict[Callable[[UserEvent], str], str] = {}
         for device in self.devices:
-            if device.cursor >= event.seq:
+            if device.cursor >= event.seq or device.replaying:
                 continue
             frame = frames.get(device.render)
             if frame is None:
@@ -264,6 +318,8 @@ class UserSession:
             if not found.complete:
                 # Pruned before we saw it: every device must rebuild from the full library.
                 for device in self.devices:
+                    if device.replaying or device.cursor >= found.head:
+                        continue  # a replay sees the same hole in the log and resyncs itself
                     if device.push(device.render_resync(found.head)):
                         device.cursor = found.head
                 self.head = found.head
@@ -284,26 +340,29 @@ class UserSession:
 
     async def _attach_device(self, request: Attach) -> None:
         device = request.device
-        resynced = False
+        resume = request.resume
+        resynced = replay = False
         found = None
-        if request.resume is not None and request.resume != self.head:
+        if resume is not None and resume != self.head:
             # Read before anything is sent: a failed read leaves the device with no frame.
-            found = await self._storage.read_events(
-                self.user_id, request.resume, self._replay_limit
-            )
+            found = await self._storage.read_events(self.user_id, resume, 1)
         device.push(request.ready(self.head))
         device.cursor = self.head
-        if found is not None and request.resume is not None:
-            fits = found.head - request.resume <= len(found.events)
-            if found.complete and fits:
-                for event in found.events:
-                    device.push(device.render(event))
-                replayed = found.events[-1].seq if found.events else 0
-                device.cursor = max(self.head, request.resume, replayed)
+        if found is not None and resume is not None:
+            if found.complete:  # the log has all it missed: the caller streams it
+                device.cursor = resume
+                device.replaying = replay = True
             else:
                 resynced = True
                 device.push(device.render_resync(found.head))
                 device.cursor = max(self.head, found.head)
         if not device.gone:
             self.devices.append(device)
-        request.result = AttachResult(self.head, resynced)
+        request.result = AttachResult(self.head, resynced, replay)
+
+
+def release(messages: list[Message]) -> None:
+    """Answer requests that will never be handled, so that nobody waits for them forever."""
+    for message in messages:
+        if isinstance(message, Attach | Live):
+            message.done.set()

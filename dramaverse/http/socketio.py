@@ -326,7 +326,7 @@ class SocketIOConnection:
     ) -> tuple[int | None, str | None]:
         """``(resume, pid)`` when this CONNECT can recover its previous socket, else ``(None,
         None)``: the pid must be genuine and the user's, and the log must hold every event
-        after the offset, few enough for one replay."""
+        after the offset (however many: the hub streams the replay at the socket's pace)."""
         if self._pids.ttl <= 0 or "pid" not in auth:
             return None, None
         pid = auth["pid"]
@@ -344,18 +344,13 @@ class SocketIOConnection:
                 return None, None
             head = int(offset)
         found = await self._state.storage.read_events(user.id, head, 1)
-        if not found.complete or found.head - head > replay_limit(self._settings.ws_outbox_size):
+        if not found.complete:
             return None, None
         assert isinstance(pid, str)
         return head, pid
 
     def _evict(self, code: int, reason: str) -> None:
         self._session.close(reason, code if code else CLOSE_SLOW_CONSUMER)
-
-
-def replay_limit(outbox_size: int) -> int:
-    """How many events the session actor replays at attach (the hub's rule: it must fit)."""
-    return max(1, min(1000, outbox_size - 2))
 
 
 def install(app: QuartTrio, state: AppState) -> EngineServer:

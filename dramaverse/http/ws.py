@@ -5,7 +5,9 @@ requests, pongs), the writer (drains the bounded outbox into the socket, so ther
 and the heartbeat. The user's session actor pushes events into the same outbox, and so do the
 watch-party rooms the connection joined (``room.*``/``clock.*`` frames go to ``ws_rooms.py``).
 Any task may end the connection with ``close(code, reason)``, which records the code and cancels
-the rest; the close frame is sent once, at the end.
+the rest; the close frame is sent once, at the end. A ``hello`` with ``resume`` gets its missed
+events in the reader's task, before it reads anything else (``SessionHub.attach`` streams them at
+the pace the writer sends them).
 
 The endpoint is served on the ASGI messages in front of the Quart application
 (:class:`NativeSocketEndpoint`): a frame costs one task switch less and none of Quart's
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 PATH = "/api/ws"
 PROTOCOL = "dramaverse.v1"
 TOKEN_PROTOCOL_PREFIX = "dramaverse.token."
+MAX_SEQ = 2**63 - 1  # the largest event seq storage holds (a signed 64-bit integer)
 ERROR_WINDOW_SECONDS = 10.0
 
 CLOSE_NORMAL = 1000
@@ -280,13 +283,13 @@ class NativeConnection:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, receive)
                 nursery.start_soon(self._watch_shutdown)
-                try:
-                    await hub.attach(user.id, device, resume, self._ready_frame(user))
-                except SessionGone:
-                    self.close(CLOSE_INTERNAL_ERROR, "session unavailable; reconnect")
-                    return
-                nursery.start_soon(self._heartbeat)
-                with trio.move_on_after(expires_in) as expiry:
+                with trio.move_on_after(expires_in) as expiry:  # a replay counts, too
+                    try:  # ready, then the replay of what it missed, at the device's pace
+                        await hub.attach(user.id, device, resume, self._ready_frame(user))
+                    except SessionGone:
+                        self.close(CLOSE_INTERNAL_ERROR, "session unavailable; reconnect")
+                        return
+                    nursery.start_soon(self._heartbeat)
                     await self._reader(user)
                 if expiry.cancelled_caught:
                     self.close(CLOSE_TOKEN_EXPIRED, "token expired")
@@ -312,9 +315,11 @@ class NativeConnection:
                 raise ProtocolError("The first message must be hello.")
             resume = message.get("resume")
             if resume is not None and (
-                not isinstance(resume, int) or isinstance(resume, bool) or resume < 0
+                not isinstance(resume, int)
+                or isinstance(resume, bool)
+                or not 0 <= resume <= MAX_SEQ
             ):
-                raise ProtocolError("hello.resume must be a non-negative integer.")
+                raise ProtocolError(f"hello.resume must be an integer from 0 to {MAX_SEQ}.")
             token = message.get("token")
             if token is not None and not isinstance(token, str):
                 raise ProtocolError("hello.token must be a string.")
