@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import trio
+from trio_websocket import ConnectionClosed
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
+from dramaverse.http import library_ops
 from tests.conftest import make_settings, running_server
+from tests.test_ws_native import device, receive
 
 PROTOCOL = "dramaverse.v1"
 
@@ -53,3 +57,31 @@ async def test_every_error_frame_queued_before_the_abuse_close_is_delivered(
         assert len(errors) == burst
         assert close is not None
         assert close.code == 4103
+
+
+async def test_a_failure_behind_one_frame_closes_that_socket_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fault injected into one operation: its socket gets an error frame and 1011, the
+    failure is logged once, and the user's other device goes on being served."""
+
+    async def broken(*_: object) -> object:
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setitem(library_ops.OPERATIONS, "review.save", broken)
+    async with running_server(make_settings(tmp_path)) as server:
+        token = await server.register("alice")
+        async with device(server, token) as victim, device(server, token) as bystander:
+            assert (await receive(victim))["type"] == "ready"
+            assert (await receive(bystander))["type"] == "ready"
+            await victim.send_message(json.dumps({"type": "review.save", "id": 1, "data": {}}))
+            frame = await receive(victim)
+            assert frame["type"] == "error"
+            assert frame["status"] == 500
+            with trio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
+                await victim.get_message()
+            assert closed.value.reason.code == 1011
+            await bystander.send_message(json.dumps({"type": "library.get", "id": 2}))
+            assert (await receive(bystander))["type"] == "ack"
+        failures = [r for r in caplog.records if "failed on a frame" in r.getMessage()]
+        assert len(failures) == 1

@@ -407,6 +407,13 @@ class NativeConnection:
                 await self._handle(raw, user)
             except ProtocolError as exc:
                 self._error(400, exc.message, exc.request_id)
+            except Exception:
+                # The connection's boundary: a bug behind one frame ends this socket only,
+                # answered (an error frame, then 1011 so the client reconnects) and logged once.
+                log.exception("native socket of user %s failed on a frame; closing it", user.id)
+                self._error(500, "Internal server error; reconnect and resume.")
+                self.close(CLOSE_INTERNAL_ERROR, "internal error")
+                return
 
     def _error(self, status: int, message: str, request_id: object = None, **extra: Any) -> None:
         frame: dict[str, Any] = {"type": "error"}
