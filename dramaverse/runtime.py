@@ -31,7 +31,7 @@ from dramaverse.actors.hub import open_hub, run_event_pruner
 from dramaverse.actors.room_cluster import open_room_cluster
 from dramaverse.broker import open_broker
 from dramaverse.config import Settings
-from dramaverse.http import compression, direct_ws, read_loop, send_coalescing
+from dramaverse.http import compression, direct_ws, keepalive_timer, read_loop, send_coalescing
 from dramaverse.http.app import create_app
 from dramaverse.http.fastpath import LibraryWriteFastPath
 from dramaverse.http.socketio import engine_server
@@ -63,6 +63,7 @@ def hypercorn_config(settings: Settings) -> Config:
     compression.install()
     send_coalescing.install()
     read_loop.install()
+    keepalive_timer.install()
     config = Config()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = worker_binds(settings) or [f"{host}:{settings.port}"]  # docs/scaling.md
