@@ -9,12 +9,15 @@ policy need neither server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +99,25 @@ def test_workers_without_shared_backends_are_a_one_line_error(
     assert result.stderr.count("\n") == 1
     assert "hunter2" not in result.stderr
     assert not (tmp_path / "w").exists()  # refused before anything was created
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_port_in_use_is_a_one_line_error(tmp_path: Path, workers: int) -> None:
+    env: dict[str, str] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        if workers > 1:
+            url, _name = await stack.enter_async_context(fresh_schema())
+            env = {"DATABASE_URL": url, "REDIS_URL": require_redis()}
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            args = ("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers))
+            result = await trio.to_thread.run_sync(partial(run_serve, tmp_path, *args, **env))
+    assert result.returncode == 1, result.stderr
+    line = f"dramaverse: error: Cannot listen on 127.0.0.1:{port}: Address already in use.\n"
+    assert result.stderr.endswith(line), result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_the_worker_settings_come_from_the_environment(tmp_path: Path) -> None:
