@@ -379,6 +379,18 @@ async def outage_and_recovery(
                 assert catalog.status_code == 200  # served from memory
                 assert catalog.json()["totalItems"] == len(URLS)
 
+        # The health check says so (within the second its probe is trusted), on both workers.
+        for worker in (0, 1):
+            async with cluster.http(worker) as client:
+                with trio.fail_after(10):
+                    while True:
+                        health = await client.get("/api/health")
+                        if health.status_code != 200:
+                            break
+                        await trio.sleep(0.1)
+                assert health.status_code == 503
+                assert health.json()["status"] == "unavailable"
+
         # On the socket: the request gets a 503 error frame, the connection stays.
         await phone.send_message(json.dumps({"type": "favorite.set", "id": "w", "data": favorite}))
         error = await next_frame(phone)
