@@ -9,6 +9,9 @@ Hypercorn serving the app.
 Shutdown (SIGINT/SIGTERM or ``handle.stop()``): Hypercorn stops accepting, every WebSocket is
 closed with 1001 (reconnect), requests in flight get ``shutdown_grace_seconds`` to finish, and
 then the actors are cancelled.
+
+A listening address that cannot be bound (a port in use, no permission) ends the start with a
+:class:`DramaverseError` naming it, which the command line prints as one line.
 """
 
 from __future__ import annotations
@@ -31,7 +34,15 @@ from dramaverse.actors.hub import open_hub, run_event_pruner
 from dramaverse.actors.room_cluster import open_room_cluster
 from dramaverse.broker import open_broker
 from dramaverse.config import Settings
-from dramaverse.http import boundary, compression, direct_ws, read_loop, send_coalescing
+from dramaverse.errors import DramaverseError
+from dramaverse.http import (
+    boundary,
+    compression,
+    direct_ws,
+    keepalive_timer,
+    read_loop,
+    send_coalescing,
+)
 from dramaverse.http.app import create_app
 from dramaverse.http.fastpath import LibraryWriteFastPath
 from dramaverse.http.socketio import engine_server
@@ -42,7 +53,7 @@ from dramaverse.http.ws import PATH as NATIVE_PATH
 from dramaverse.http.ws import NativeSocketEndpoint
 from dramaverse.http.ws_rooms import room_host_lookup
 from dramaverse.storage import open_storage
-from dramaverse.supervisor import worker_app, worker_binds
+from dramaverse.supervisor import lone_error, worker_app, worker_binds
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +74,7 @@ def hypercorn_config(settings: Settings) -> Config:
     compression.install()
     send_coalescing.install()
     read_loop.install()
+    keepalive_timer.install()
     boundary.install()  # last: nothing one connection does reaches the server's nursery
     config = Config()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
@@ -113,14 +125,23 @@ async def serve(
         if handle_signals:
             nursery.start_soon(_wait_for_signal, shutdown)
         async with trio.open_nursery() as http_nursery:
-            binds = await http_nursery.start(
-                partial(
-                    hypercorn_serve,
-                    worker_app(settings, CloseOnUnreadBody(front)),
-                    hypercorn_config(settings),
-                    shutdown_trigger=shutdown.wait,
+            config = hypercorn_config(settings)
+            try:
+                binds = await http_nursery.start(
+                    partial(
+                        hypercorn_serve,
+                        worker_app(settings, CloseOnUnreadBody(front)),
+                        config,
+                        shutdown_trigger=shutdown.wait,
+                    )
                 )
-            )
+            except (OSError, BaseExceptionGroup) as exc:
+                error = lone_error(exc)  # before listening, an OSError is a bind that failed
+                if not isinstance(error, OSError):
+                    raise
+                where = ", ".join(config.bind)
+                reason = error.strerror or str(error)
+                raise DramaverseError(f"Cannot listen on {where}: {reason}.") from None
             http_nursery.start_soon(_bound_drain, shutdown, http_nursery.cancel_scope, settings)
             log.info("Dramaverse listening on %s", ", ".join(binds))
             if tune_collector:  # the process's collector on a clock (collector.py)

@@ -12,8 +12,10 @@ workers running:
    inheriting that socket; each worker is today's server (its own ``trio.run``, trio-asyncio
    loop, storage pool, Redis connections and session hub) serving the inherited socket through
    Hypercorn's ``fd://`` bind, plus a private Unix socket, ``<WORKER_SOCKET_DIR>/<I>.sock``;
-5. it restarts a worker that exits unexpectedly, with exponential backoff, and gives up (stops
-   everything, exit status 1) when a worker keeps crashing soon after it starts;
+5. it restarts a worker that exits unexpectedly, with exponential backoff, for as long as it
+   runs: a worker that keeps crashing soon after it starts is a *crash loop*, reported loudly
+   (an ERROR line per crash, and ``/api/health`` of the other workers says ``degraded`` through
+   the status file of ``worker_status.py``), never a reason to stop the workers that serve;
 6. on SIGINT/SIGTERM it closes its copy of the socket, sends SIGTERM to every worker (each
    closes its WebSockets with 1001 and drains for ``SHUTDOWN_GRACE_SECONDS``), waits the grace
    plus a margin, then kills what is left. A second signal kills at once.
@@ -33,8 +35,8 @@ A worker that cannot start because a backend is unreachable (PostgreSQL down) ex
 crash, so the service comes back by itself when the database does.
 
 Resource handling: :class:`Supervisor` owns the worker processes (their stdin pipes, reaping
-them) and closes the listening socket when it stops; :func:`serve_workers` creates and closes
-the listening socket and removes the workers' Unix sockets afterwards.
+them) and the status file, and closes the listening socket when it stops; :func:`serve_workers`
+creates and closes the listening socket and removes the workers' Unix sockets afterwards.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -59,6 +62,7 @@ import trio
 from dramaverse.config import MAX_WORKERS, Settings
 from dramaverse.errors import ConfigError, DramaverseError, ServiceUnavailable
 from dramaverse.storage import open_storage
+from dramaverse.worker_status import CrashLoop, StatusWriter, status_path
 
 if TYPE_CHECKING:
     from hypercorn.typing import (
@@ -84,19 +88,20 @@ MAX_UNIX_PATH = 107  # bytes of sun_path on Linux, without the terminating NUL
 
 @dataclass(frozen=True, slots=True)
 class RestartPolicy:
-    """When to restart a worker that exited, and when to give up.
+    """When to restart a worker that exited, and when to call its crashes a crash loop.
 
     The delay before a restart starts at ``first_delay`` and doubles up to ``max_delay``; a
-    worker that ran ``stable_after`` seconds starts afresh. ``max_crashes`` crashes in a row,
-    each within ``stable_after`` seconds of starting, make the supervisor give up. A worker that
-    exits with status 0 (someone sent it SIGTERM: a rolling restart) or with
-    :data:`EXIT_TEMPFAIL` (a backend is down) is restarted but never counted as a crash.
+    worker that has stayed up ``stable_after`` seconds starts afresh. ``loop_after`` crashes in
+    a row, each within ``stable_after`` seconds of starting, are a crash loop: reported, and
+    retried at the capped delay for as long as the supervisor runs. A worker that exits with
+    status 0 (someone sent it SIGTERM: a rolling restart) or with :data:`EXIT_TEMPFAIL` (a
+    backend is down) is restarted with the same backoff but never counted as a crash.
     """
 
     first_delay: float = 0.5
     max_delay: float = 30.0
     stable_after: float = 60.0
-    max_crashes: int = 5
+    loop_after: int = 3
 
     def delay(self, attempt: int) -> float:
         return float(min(self.max_delay, self.first_delay * 2 ** max(0, attempt - 1)))
@@ -209,7 +214,7 @@ async def _migrate_once(settings: Settings) -> None:
 
 
 class Supervisor:
-    """Runs ``settings.workers`` worker processes on ``listener`` until stopped or given up.
+    """Runs ``settings.workers`` worker processes on ``listener`` until stopped.
 
     ``env`` is the workers' environment: they read their settings from it (and from ``.env``
     in the working directory), exactly as this process did. ``command`` is the worker command
@@ -229,7 +234,9 @@ class Supervisor:
         self.policy = policy or RestartPolicy()
         self.processes: dict[int, trio.Process] = {}
         self.restarts = [0] * settings.workers
-        self.gave_up = False
+        self.delays: list[list[float]] = [[] for _ in range(settings.workers)]  # chosen so far
+        self.crash_loops: dict[int, CrashLoop] = {}
+        self.status = StatusWriter(status_path(settings))
         self._listener = listener
         self._env = dict(env)
         self._command = list(command or [sys.executable, "-m", "dramaverse", "serve"])
@@ -246,8 +253,22 @@ class Supervisor:
         handle_signals: bool = True,
         task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
     ) -> int:
-        """Supervise until stopped (0) or until a worker crash-loops (1)."""
+        """Supervise until stopped; the exit status (0)."""
         all_done = trio.Event()
+        self.status.write([])
+        try:
+            await self._supervise(all_done, handle_signals, task_status)
+        finally:
+            self.status.remove()
+        log.info("all workers stopped")
+        return 0
+
+    async def _supervise(
+        self,
+        all_done: trio.Event,
+        handle_signals: bool,
+        task_status: trio.TaskStatus[Supervisor],
+    ) -> None:
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 nursery.start_soon(self._forward_signals)
@@ -265,8 +286,6 @@ class Supervisor:
                 with trio.move_on_after(KILL_WAIT):
                     await all_done.wait()
             nursery.cancel_scope.cancel()
-        log.info("all workers stopped")
-        return 1 if self.gave_up else 0
 
     def _signal_all(self, signum: signal.Signals) -> None:
         for process in self.processes.values():
@@ -295,7 +314,7 @@ class Supervisor:
 
     async def _restart_loop(self, worker_id: int) -> None:
         attempt = 0  # exits in a row without a stable run: sets the backoff
-        crashes = 0  # of those, the ones that count towards giving up
+        crashes = 0  # of those, the crashes (not a rolling restart, not a backend down)
         while not self._stopping.is_set():
             started = trio.current_time()
             process = await self._start(worker_id)
@@ -303,7 +322,14 @@ class Supervisor:
                 code = SPAWN_FAILED
             else:
                 try:
-                    code = await process.wait()
+                    exited: int | None = None
+                    with trio.move_on_after(self.policy.stable_after):
+                        exited = await process.wait()
+                    if exited is None:  # it stayed up: what came before is forgotten
+                        attempt = crashes = 0
+                        self._recovered(worker_id)
+                        exited = await process.wait()
+                    code = exited
                 finally:
                     await _release(process)
             if self._stopping.is_set():
@@ -311,39 +337,69 @@ class Supervisor:
                     log.warning("worker %d stopped with %s", worker_id, _describe_exit(code))
                 return
             uptime = trio.current_time() - started
-            if uptime >= self.policy.stable_after:
-                attempt = crashes = 0
             attempt += 1
-            if code not in (0, EXIT_TEMPFAIL):
-                crashes += 1
-            if crashes >= self.policy.max_crashes:
-                log.error(
-                    "worker %d crashed %d times in a row, each within %g s of starting (last: "
-                    "%s); giving up and stopping every worker",
-                    worker_id,
-                    crashes,
-                    self.policy.stable_after,
-                    _describe_exit(code),
-                )
-                self.gave_up = True
-                self.stop()
-                return
             delay = self.policy.delay(attempt)
-            reason = (
-                "could not reach a backend"
-                if code == EXIT_TEMPFAIL
-                else f"exited ({_describe_exit(code)})"
-            )
-            log.warning(
-                "worker %d %s after %.1f s; restarting it in %.1f s",
-                worker_id,
-                reason,
-                uptime,
-                delay,
-            )
+            self.delays[worker_id].append(delay)
+            if code == EXIT_TEMPFAIL:
+                log.warning(
+                    "worker %d could not reach a backend after %.1f s; restarting it in %g s",
+                    worker_id,
+                    uptime,
+                    delay,
+                )
+            elif code == 0:
+                log.warning(
+                    "worker %d exited (%s) after %.1f s; restarting it in %g s",
+                    worker_id,
+                    _describe_exit(code),
+                    uptime,
+                    delay,
+                )
+            else:
+                crashes += 1
+                self._crashed(worker_id, code, uptime, crashes, delay)
             with trio.move_on_after(delay):
                 await self._stopping.wait()
             self.restarts[worker_id] += 1
+
+    def _crashed(
+        self, worker_id: int, code: int, uptime: float, crashes: int, delay: float
+    ) -> None:
+        """Log a crash (ERROR, always) and, from ``loop_after`` in a row, report a crash loop."""
+        described = _describe_exit(code)
+        if crashes < self.policy.loop_after:
+            log.error(
+                "worker %d exited (%s) after %.1f s; restarting it in %g s",
+                worker_id,
+                described,
+                uptime,
+                delay,
+            )
+            return
+        loop = self.crash_loops.get(worker_id)
+        if loop is None:
+            loop = self.crash_loops[worker_id] = CrashLoop(worker_id, 0, "", 0.0, time.time())
+        loop.crashes, loop.last_exit, loop.restart_in = crashes, described, delay
+        self.status.write(list(self.crash_loops.values()))
+        log.error(
+            "worker %d exited (%s) after %.1f s: crash loop, %d crashes in a row each within "
+            "%g s of starting; restarting it in %g s, the other workers keep serving",
+            worker_id,
+            described,
+            uptime,
+            crashes,
+            self.policy.stable_after,
+            delay,
+        )
+
+    def _recovered(self, worker_id: int) -> None:
+        if self.crash_loops.pop(worker_id, None) is not None:
+            log.warning(
+                "worker %d has stayed up %g s: its crash loop is over",
+                worker_id,
+                self.policy.stable_after,
+            )
+            self.status.write(list(self.crash_loops.values()))
 
     async def _start(self, worker_id: int) -> trio.Process | None:
         """Start worker ``worker_id``; None if the operating system refused (counts as a crash)."""
@@ -458,6 +514,9 @@ def run_worker(settings: Settings) -> int:
         if isinstance(error, ServiceUnavailable):
             log.error("cannot start: %s", error.message)
             return EXIT_TEMPFAIL
+        if isinstance(error, DramaverseError):  # say why in one line; a crash all the same
+            log.error("cannot start: %s", error.message)
+            return 1
         if error is exc:
             raise
         raise error from None

@@ -33,6 +33,7 @@ from dramaverse.broker.memory import MemoryBroker
 from dramaverse.domain.events import EventRange
 from dramaverse.domain.library import SetFavorite
 from dramaverse.errors import StorageUnavailable
+from dramaverse.storage.postgres import describe_url
 from dramaverse.storage.sqlite import open_sqlite
 from tests.cluster import (
     Cluster,
@@ -341,17 +342,17 @@ async def test_a_database_outage_answers_503_and_everything_recovers_by_itself(
             redis_url=redis_url,
             redis_prefix=unique_prefix(),
         ) as cluster:
-            await outage_and_recovery(cluster, proxy, proxies, port)
+            await outage_and_recovery(cluster, proxy, proxies, with_port(url, port))
         proxies.cancel_scope.cancel()
 
 
 async def outage_and_recovery(
-    cluster: Cluster, proxy: Proxy, proxies: trio.Nursery, port: int
+    cluster: Cluster, proxy: Proxy, proxies: trio.Nursery, proxied_url: str
 ) -> None:
     token = await cluster.register("alice")
     auth = {"Authorization": f"Bearer {token}"}
     favorite = {"dramaUrl": URLS[0], "isFavorite": True}
-    unavailable = f"PostgreSQL at 127.0.0.1:{port}/test is unavailable"
+    unavailable = f"PostgreSQL at {describe_url(proxied_url)} is unavailable"
     pids = cluster.worker_pids()
     async with (
         open_worker_ws(cluster.socket(0)) as phone,
@@ -377,6 +378,18 @@ async def outage_and_recovery(
                 catalog = await client.get("/api/dramas", params={"limit": 3})
                 assert catalog.status_code == 200  # served from memory
                 assert catalog.json()["totalItems"] == len(URLS)
+
+        # The health check says so (within the second its probe is trusted), on both workers.
+        for worker in (0, 1):
+            async with cluster.http(worker) as client:
+                with trio.fail_after(10):
+                    while True:
+                        health = await client.get("/api/health")
+                        if health.status_code != 200:
+                            break
+                        await trio.sleep(0.1)
+                assert health.status_code == 503
+                assert health.json()["status"] == "unavailable"
 
         # On the socket: the request gets a 503 error frame, the connection stays.
         await phone.send_message(json.dumps({"type": "favorite.set", "id": "w", "data": favorite}))

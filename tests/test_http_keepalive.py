@@ -1,11 +1,14 @@
-"""Keep-alive connections never hang after an answer given before the body was read."""
+"""Keep-alive connections never hang after an answer given before the body was read, and an
+idle one never holds up a shutdown."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import trio
 
-from tests.conftest import Server
+from tests.conftest import Server, make_settings, running_server
 
 
 async def _exchange(server: Server, request: bytes) -> tuple[bytes, trio.SocketStream]:
@@ -75,3 +78,40 @@ async def test_a_body_read_to_the_end_keeps_the_connection(server: Server) -> No
         with trio.fail_after(5):
             while b'{"status":"ok"}' not in answer:
                 answer += await stream.receive_some(65536)
+
+
+async def _answer(stream: trio.SocketStream) -> bytes:
+    """One whole response (with a Content-Length) from ``stream``."""
+    data = b""
+    with trio.fail_after(5):
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        while len(body) < length:
+            body += await stream.receive_some(65536)
+    return head
+
+
+@pytest.mark.parametrize("path", ["/api/dramas/metadata", "/api/health"])
+async def test_shutdown_closes_an_idle_keep_alive_connection_without_waiting_the_grace(
+    tmp_path: Path, path: str
+) -> None:
+    # Quart-Trio routes: the request's nursery is cancelled as the response ends, which once
+    # kept Hypercorn from starting the connection's idle timer (http/keepalive_timer.py).
+    settings = make_settings(tmp_path, shutdown_grace_seconds=600)
+    async with running_server(settings) as server:
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+            head = await _answer(stream)
+            assert head.startswith(b"HTTP/1.1 200")
+            assert b"connection: close" not in head.lower()
+            server.handle.stop()
+            with trio.fail_after(30):  # a hang guard, far below the 600 s grace
+                assert await stream.receive_some(65536) == b""  # closed by the server

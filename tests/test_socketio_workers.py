@@ -901,3 +901,25 @@ async def test_an_upgrade_on_another_worker_is_relayed_to_the_sessions_worker(
         async with httpx.AsyncClient(base_url=cluster.url) as client:
             response = await client.get(PATH, params=query(sid))
         assert (response.status_code, response.json()) == (400, UNKNOWN_SID)
+
+
+@pytest.mark.slow
+async def test_a_two_worker_shutdown_with_relay_connections_open_does_not_wait_the_grace(
+    tmp_path: Path,
+) -> None:
+    async with two_workers(tmp_path, SHUTDOWN_GRACE_SECONDS="600") as cluster:
+        token = await cluster.register("alice")
+        on_one = await open_session(cluster, 1, token)
+        on_zero = await open_session(cluster, 0, token)
+        preflight = {"Origin": ALLOWED, "Access-Control-Request-Method": "POST"}
+        async with pinned(cluster, 0) as via_zero, pinned(cluster, 1) as via_one:
+            # Requests without a body: each relay keeps its connection to the other worker.
+            for client, sid, workers in (
+                (via_zero, on_one, ["1", "0"]),
+                (via_one, on_zero, ["0", "1"]),
+            ):
+                response = await client.options(PATH, params=query(sid), headers=preflight)
+                assert (response.status_code, workers_of(response)) == (204, workers)
+        # Both workers stop at once, each with an idle connection from the other one open.
+        assert await cluster.stop(within=60) == 0  # a hang guard, far below the 600 s grace
+        assert "still running after the shutdown grace" not in cluster.log_tail(200)

@@ -21,7 +21,12 @@ from dramaverse.config import load_settings
 from dramaverse.domain.library import SaveEpisodeReview, SetFavorite, SetStatus
 from dramaverse.errors import BadRequest, ConfigError, StorageUnavailable
 from dramaverse.storage import open_storage
-from dramaverse.storage.postgres import PostgresStorage, migration_files, open_postgres
+from dramaverse.storage.postgres import (
+    PostgresStorage,
+    describe_url,
+    migration_files,
+    open_postgres,
+)
 from tests.conftest import make_settings, running_server, sample_records
 from tests.postgres_tools import (
     Admin,
@@ -164,7 +169,7 @@ async def test_outage_gives_503_and_the_pool_recovers_by_itself() -> None:
             for _ in range(3):
                 with trio.fail_after(30), pytest.raises(StorageUnavailable) as info:
                     await storage.get_library(user)
-                assert f"PostgreSQL at 127.0.0.1:{port}/test" in info.value.message
+                assert f"PostgreSQL at {describe_url(with_port(url, port))}" in info.value.message
             with pytest.raises(StorageUnavailable):
                 await storage.set_favorite(user, SetFavorite(drama, False))
 

@@ -9,12 +9,15 @@ policy need neither server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +101,25 @@ def test_workers_without_shared_backends_are_a_one_line_error(
     assert not (tmp_path / "w").exists()  # refused before anything was created
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_port_in_use_is_a_one_line_error(tmp_path: Path, workers: int) -> None:
+    env: dict[str, str] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        if workers > 1:
+            url, _name = await stack.enter_async_context(fresh_schema())
+            env = {"DATABASE_URL": url, "REDIS_URL": require_redis()}
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            args = ("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers))
+            result = await trio.to_thread.run_sync(partial(run_serve, tmp_path, *args, **env))
+    assert result.returncode == 1, result.stderr
+    line = f"dramaverse: error: Cannot listen on 127.0.0.1:{port}: Address already in use.\n"
+    assert result.stderr.endswith(line), result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_the_worker_settings_come_from_the_environment(tmp_path: Path) -> None:
     settings = load_settings(
         {"WORKERS": "4", "WORKER_SOCKET_DIR": "/run/dv", "DRAMAVERSE_DATA_DIR": str(tmp_path)},
@@ -119,7 +141,9 @@ def test_restart_delays_double_up_to_the_cap() -> None:
 
 
 @pytest.mark.slow
-async def test_a_crash_looping_worker_makes_the_supervisor_give_up(tmp_path: Path) -> None:
+async def test_a_crash_looping_worker_is_retried_while_the_healthy_one_keeps_serving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     env = cluster_env(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}")
     env.pop("REDIS_URL", None)
     settings = load_settings({**env, "WORKERS": "2"}, dotenv_path=None)
@@ -129,25 +153,70 @@ async def test_a_crash_looping_worker_makes_the_supervisor_give_up(tmp_path: Pat
     async with open_storage(settings):
         pass
     # Worker 0 cannot bind its private socket (a directory is in the way): it fails at start,
-    # every time. Worker 1 is fine until the supervisor gives up and stops it too.
+    # every time. Worker 1 is fine.
     (tmp_path / "w" / "0.sock").mkdir(parents=True)
     listener = bind_listener("127.0.0.1", 0)
-    policy = RestartPolicy(first_delay=0.05, max_delay=0.1, stable_after=60, max_crashes=3)
+    policy = RestartPolicy(first_delay=0.05, max_delay=0.4, stable_after=60, loop_after=3)
     supervisor = Supervisor(settings, listener, env=env, policy=policy)
+    healthy = httpx.AsyncClient(
+        transport=httpx.AsyncHTTPTransport(uds=str(tmp_path / "w" / "1.sock")),
+        base_url="http://worker",
+        timeout=10,
+    )
     try:
-        with trio.fail_after(90):
-            status = await supervisor.run(handle_signals=False)
+        async with trio.open_nursery() as nursery, healthy:
+            await nursery.start(partial(supervisor.run, handle_signals=False))
+            await poll_answers(healthy)
+            first = supervisor.processes[1].pid
+            answers: list[dict[str, Any]] = []
+            with trio.fail_after(120):
+                while len(supervisor.delays[0]) < 6:  # worker 0 crashed six times, and counting
+                    response = await healthy.get("/api/health")  # served throughout
+                    assert response.status_code == 200
+                    answers.append(response.json())
+                    await trio.sleep(0.05)
+                # Once it is a crash loop, the healthy worker says so (within the file's second).
+                while answers[-1]["status"] == "ok":
+                    response = await healthy.get("/api/health")
+                    assert response.status_code == 200
+                    answers.append(response.json())
+                    await trio.sleep(0.05)
+            assert supervisor.processes[1].pid == first  # never stopped, never restarted
+            assert supervisor.restarts[1] == 0
+            assert supervisor.delays[1] == []
+            assert supervisor.delays[0][:6] == [0.05, 0.1, 0.2, 0.4, 0.4, 0.4]  # capped, not over
+            (loop,) = answers[-1]["workers"]["crashLooping"]
+            assert answers[-1]["status"] == "degraded"
+            assert (loop["worker"], loop["lastExit"]) == (0, "exit status 1")
+            assert loop["crashes"] >= 3
+            assert {a["status"] for a in answers} <= {"ok", "degraded"}
+            supervisor.stop()
     finally:
         for process in supervisor.processes.values():
             if process.returncode is None:
                 process.kill()
         listener.close()
-    assert status == 1
-    assert supervisor.gave_up
-    assert supervisor.restarts[0] == 2  # started three times: the third crash gives up
-    assert supervisor.processes[0].returncode not in (0, None)
-    assert supervisor.processes[1].returncode == 0  # stopped gracefully, not killed
+    assert supervisor.processes[1].returncode == 0  # stopped gracefully, at the end
     assert listener.fileno() == -1
+    assert not (tmp_path / "w" / "supervisor.json").exists()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "worker 0 exited (exit status 1) after" in errors[0]
+    assert errors[0].endswith("restarting it in 0.05 s")
+    assert "crash loop, 3 crashes in a row" in errors[2]
+    assert errors[2].endswith("restarting it in 0.2 s, the other workers keep serving")
+    assert not any("worker 1" in message for message in errors)
+
+
+async def poll_answers(client: httpx.AsyncClient) -> None:
+    """Until the worker behind ``client`` answers /api/health (another process: polling)."""
+    with trio.fail_after(60):
+        while True:
+            try:
+                if (await client.get("/api/health")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await trio.sleep(0.05)
 
 
 # -- live sync across workers -------------------------------------------------------------------

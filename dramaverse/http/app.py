@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from dramaverse.errors import Conflict, DramaverseError
 from dramaverse.http import socketio
+from dramaverse.http.health import HealthCheck
 from dramaverse.http.responses import error_response, json_response, raw_json_response
 from dramaverse.http.routes import accounts, catalog, library, player
 from dramaverse.http.security import SECURITY_HEADERS, CorsPolicy
@@ -65,14 +66,17 @@ def create_app(state: AppState) -> QuartTrio:
             headers.extend(extra)
         return response
 
+    checks = HealthCheck(state)
+
     @app.get("/api/health")
     async def health() -> Response:
-        # Healthy: the precomputed body. A degraded broker (Redis unreachable) still answers 200,
-        # because this process serves requests and local live sync (docs/redis.md).
-        broker = state.broker.health()
-        if broker["status"] == "ok":
+        # Healthy: the precomputed body. Degraded (Redis unreachable, a sibling worker crash
+        # looping) still answers 200: this process serves. No database: 503 (http/health.py).
+        answer = await checks.answer()
+        if answer is None:
             return raw_json_response(HEALTH_OK)
-        return json_response({"status": "degraded", "broker": broker})
+        status, body = answer
+        return json_response(body, status)
 
     app.register_blueprint(catalog.blueprint)
     app.register_blueprint(accounts.blueprint)
