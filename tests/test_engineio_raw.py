@@ -20,7 +20,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from dramaverse.config import load_settings
 from dramaverse.domain.events import UserEvent
 from dramaverse.errors import ConfigError
-from dramaverse.http.engineio import SEPARATOR, EngineConfig, PacketError
+from dramaverse.http.engineio import SEPARATOR, EngineConfig, PacketError, Transport
 from dramaverse.http.engineio_server import find_session
 from dramaverse.http.socketio import RecoveryIds
 from dramaverse.http.socketio_codec import (
@@ -332,6 +332,24 @@ async def test_client_close_packet_ends_the_session(server: Server) -> None:
     assert await polling.closed()
 
 
+async def test_client_close_ends_the_pending_poll_with_a_noop(server: Server) -> None:
+    # The reference server's answer (socketio/engine.io-protocol test suite, "forcefully closes
+    # the session"): the waiting GET gets a noop, not the close packet, and the sid is gone.
+    polling = await Polling(server).open()
+    async with trio.open_nursery() as nursery:
+        pending: list[httpx.Response] = []
+
+        async def poll() -> None:
+            pending.append(await polling.get())
+
+        nursery.start_soon(poll)
+        await eventually(lambda: polling_waits(polling.sid))
+        assert (await polling.post("1")).text == "ok"
+    assert pending[0].status_code == 200
+    assert pending[0].text == "6"
+    assert_error(await polling.get(), 400, 1, "Session ID unknown")
+
+
 async def test_heartbeat_pings_and_closes_without_pong(tmp_path: Any) -> None:
     settings = make_settings(tmp_path, socket_io_ping_interval=0.1, socket_io_ping_timeout=0.2)
     async with running_server(settings) as server:
@@ -507,13 +525,49 @@ async def test_upgrade_ends_the_pending_poll_with_a_noop(server: Server) -> None
             event = decode((await receive(ws))[1:])
             assert event.data[2] == "1"
             assert_error(await polling.get(), 400, 3, "Bad request")  # polling is over
-            second = await upgrade_request(
-                server, {"EIO": "4", "transport": "websocket", "sid": polling.sid}
-            )
-            assert_error(second, 400, 3, "Bad request")  # no second upgrade
             await ws.send_message("3")
             await favorite(server, alice, URLS[1])
             assert decode((await receive(ws))[1:]).data[2] == "2"
+
+
+async def test_second_websocket_of_an_upgraded_session_is_accepted_then_closed(
+    server: Server,
+) -> None:
+    # As the reference server does (socketio/engine.io-protocol test suite, "ignores WebSocket
+    # connection with same sid after upgrade"): the handshake succeeds, the socket is closed at
+    # once, and the session goes on on its own WebSocket.
+    alice = await server.register("alice")
+    polling = await Polling(server).open()
+    await polling.connect(alice)
+    async with websocket(server, transport="websocket", sid=polling.sid) as ws:
+        await ws.send_message("2probe")
+        assert await receive(ws) == "3probe"
+        await ws.send_message("5")
+        await eventually(
+            lambda: getattr(find_session(polling.sid), "transport", None) is Transport.WEBSOCKET
+        )
+        async with websocket(server, transport="websocket", sid=polling.sid) as second:
+            assert await close_code(second) == 1002
+        await ws.send_message("3")
+        await favorite(server, alice, URLS[0])
+        assert decode((await receive(ws))[1:]).data[2] == "1"
+
+
+async def test_second_websocket_during_an_upgrade_is_closed_at_once(server: Server) -> None:
+    # The first socket has not sent its probe yet: the second one must not wait for a probe of
+    # its own (the reference closes it as soon as another transport is upgrading).
+    alice = await server.register("alice")
+    polling = await Polling(server).open()
+    await polling.connect(alice)
+    async with websocket(server, transport="websocket", sid=polling.sid) as ws:
+        async with websocket(server, transport="websocket", sid=polling.sid) as second:
+            with trio.fail_after(5):  # the upgrade timeout is 10 s
+                assert await close_code(second) == 1002
+        await ws.send_message("2probe")
+        assert await receive(ws) == "3probe"
+        await ws.send_message("5")
+        await favorite(server, alice, URLS[0])
+        assert decode((await receive(ws))[1:]).data[2] == "1"
 
 
 async def test_failed_probe_keeps_the_polling_session(server: Server) -> None:

@@ -11,7 +11,13 @@ the session without touching the outbox, so nothing queued is lost or reordered 
 * websocket: one text frame per packet; a writer task drains the outbox into the socket.
 * upgrade: the client probes a WebSocket with ``2probe`` while polling goes on; we answer
   ``3probe`` and end the pending GET with a noop (``6``) so the client can pause polling; its
-  ``5`` switches the session to the WebSocket, which drains the same outbox from then on.
+  ``5`` switches the session to the WebSocket, which drains the same outbox from then on. One
+  WebSocket at a time may attempt it (:meth:`EngineSession.claim_upgrade`): another one for the
+  same sid, during or after the upgrade, is accepted and closed at once (1002), as the reference
+  server does.
+
+A client's close packet (``1``) ends the session; a GET waiting at that moment gets a noop
+(``6``), again as the reference server answers, and any later request gets ``Session ID unknown``.
 
 The server pings (``2``) every ``ping_interval`` and closes a session whose pong (``3``) has
 not come back within ``ping_timeout``. Any invalid packet closes the session (:class:`PacketError`,
@@ -205,6 +211,8 @@ class EngineSession:
         self._scope = trio.CancelScope()
         self._poll_scope: trio.CancelScope | None = None
         self._posting = False
+        self._upgrade_claimed = False  # a WebSocket is bound to this session's upgrade
+        self._closed_by_client = False
         self._last_pong = trio.current_time()
 
     # -- life cycle ------------------------------------------------------------------------
@@ -299,6 +307,7 @@ class EngineSession:
         elif kind == NOOP:
             pass
         elif kind == CLOSE:
+            self._closed_by_client = True
             self.close("closed by the client")
         elif kind == PING:
             raise PacketError("invalid heartbeat direction (the server pings)")
@@ -347,8 +356,8 @@ class EngineSession:
         if RECONNECT in packets:
             packets = packets[: packets.index(RECONNECT)]
             self.close("reconnect requested", CLOSE_GOING_AWAY)
-        if self.transport is Transport.CLOSED:
-            packets.append(CLOSE)
+        if self.transport is Transport.CLOSED and not self._closed_by_client:
+            packets.append(CLOSE)  # the client closed: it needs no close packet, only an answer
         return SEPARATOR.join(packets) if packets else NOOP
 
     async def post(self, read_body: Callable[[], Awaitable[bytes]]) -> None:
@@ -378,6 +387,13 @@ class EngineSession:
 
     # -- upgrade and websocket -------------------------------------------------------------
 
+    def claim_upgrade(self) -> bool:
+        """Bind the upgrade to one WebSocket; False if another one has it or it is over."""
+        if self.transport is not Transport.POLLING or self._upgrade_claimed:
+            return False
+        self._upgrade_claimed = True
+        return True
+
     def begin_upgrade(self) -> None:
         """The probe succeeded: end the pending GET so the client can pause polling."""
         self._move(Transport.UPGRADING)
@@ -385,6 +401,8 @@ class EngineSession:
             self._poll_scope.cancel()
 
     def abort_upgrade(self) -> None:
+        """The claimed upgrade failed: polling goes on, and another WebSocket may try."""
+        self._upgrade_claimed = False
         if self.transport is Transport.UPGRADING:
             self._move(Transport.POLLING)
 
