@@ -7,6 +7,7 @@ limits, CORS and Origin checks, and what malformed packets of each kind do to a 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,7 +23,7 @@ from dramaverse.domain.events import UserEvent
 from dramaverse.errors import ConfigError
 from dramaverse.http.engineio import SEPARATOR, EngineConfig, PacketError, Transport
 from dramaverse.http.engineio_server import find_session
-from dramaverse.http.socketio import RecoveryIds
+from dramaverse.http.socketio import RecoveryIds, SocketIOConnection
 from dramaverse.http.socketio_codec import (
     ACK,
     BINARY_EVENT,
@@ -587,6 +588,82 @@ async def test_websocket_message_too_large_closes(server: Server) -> None:
         await receive(ws)
         await ws.send_message("4" + "x" * 70_000)
         assert await close_code(ws) in (1009, 1002)
+
+
+# -- a crash in a handler ends its session only ---------------------------------------------
+
+
+def crash_on_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand-in for a bug in the Socket.IO layer: every client event raises."""
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(SocketIOConnection, "_on_event", broken)
+
+
+def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_crash_while_posting_ends_that_session_with_a_500(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = await server.register("alice")
+    bystander = await Polling(server).open()
+    await bystander.connect(alice)
+    polling = await Polling(server).open()
+    await polling.connect(alice)
+    crash_on_events(monkeypatch)
+    response = await polling.post('42["x"]')
+    assert_error(response, 500, 3, "Internal server error")
+    assert await polling.closed()
+    [logged] = errors(caplog)  # logged once, with the session it ended
+    assert polling.sid in logged.getMessage()
+    assert logged.exc_info is not None
+    await favorite(server, alice, URLS[0])  # the other session goes on
+    (packet,) = await bystander.packets()
+    assert packet.endswith(',"1"]')
+
+
+async def test_a_crash_on_a_websocket_closes_it_with_1011(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = await server.register("alice")
+    crash_on_events(monkeypatch)
+    async with websocket(server, transport="websocket") as ws:
+        sid = json.loads((await receive(ws))[1:])["sid"]
+        await ws.send_message("40" + json.dumps({"token": alice}))
+        assert (await receive(ws)).startswith("40{")
+        await ws.send_message('42["x"]')
+        assert await close_code(ws) == 1011
+    [logged] = errors(caplog)
+    assert sid in logged.getMessage()
+    monkeypatch.undo()
+    polling = await Polling(server).open()  # the server goes on
+    assert "sid" in await polling.connect(alice)
+
+
+async def test_a_crash_in_a_session_task_closes_it_with_1011(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = await server.register("alice")
+
+    async def broken(*_: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(SocketIOConnection, "_authenticate", broken)
+    async with websocket(server, transport="websocket") as ws:
+        sid = json.loads((await receive(ws))[1:])["sid"]
+        await ws.send_message("40" + json.dumps({"token": alice}))
+        assert await close_code(ws) == 1011
+    [logged] = errors(caplog)
+    assert sid in logged.getMessage()
+    monkeypatch.undo()
+    async with websocket(server, transport="websocket") as ws:
+        await receive(ws)
+        await ws.send_message("40" + json.dumps({"token": alice}))
+        assert (await receive(ws)).startswith("40{")
 
 
 async def test_recovery_ids_are_bound_to_the_user_and_expire() -> None:

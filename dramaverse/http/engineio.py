@@ -31,6 +31,11 @@ larger than the announced ``maxPayload``, 1011 internal error, 4000 ping timeout
 consumer (outbox full). socket.io-client reconnects after any of them, except after an explicit
 Socket.IO disconnect (``41``), which is a different thing.
 
+Error handling: the session is the boundary for anything its client sends. A bug in the handler
+(an exception other than PacketError, while a POST or a WebSocket frame is dispatched, or in
+one of the session's tasks) is logged once with the sid and closes this session only: the POST
+gets 500 ``{"code":3,"message":"Internal server error"}``, a WebSocket the close code 1011.
+
 Resource handling: a session runs in the endpoint's nursery (heartbeat plus the handler's tasks)
 until ``close``. It owns its outbox: ``close`` closes the send side, which ends the WebSocket
 writer, and wakes a waiting GET. ``close`` never blocks and the first caller's reason wins.
@@ -100,6 +105,7 @@ FORBIDDEN = EngineError(4, 403, "Forbidden")
 UNSUPPORTED_PROTOCOL_VERSION = EngineError(5, 400, "Unsupported protocol version")
 PAYLOAD_TOO_LARGE = EngineError(3, 413, "Payload too large")
 SHUTTING_DOWN = EngineError(3, 503, "Server is shutting down")
+INTERNAL_ERROR = EngineError(3, 500, "Internal server error")
 ERRORS = (
     TRANSPORT_UNKNOWN,
     UNKNOWN_SID,
@@ -384,6 +390,9 @@ class EngineSession:
             log.info("engine.io session %s from %s: %s", self.sid, self.address, exc)
             self.close(f"parse error: {exc}", CLOSE_PROTOCOL_ERROR)
             raise RequestRefused(BAD_REQUEST) from None
+        except Exception:
+            self._crashed()
+            raise RequestRefused(INTERNAL_ERROR) from None
 
     # -- upgrade and websocket -------------------------------------------------------------
 
@@ -449,3 +458,11 @@ class EngineSession:
                 log.info("engine.io session %s from %s: %s", self.sid, self.address, exc)
                 self.close(f"parse error: {exc}", CLOSE_PROTOCOL_ERROR)
                 return
+            except Exception:
+                self._crashed()
+                return
+
+    def _crashed(self) -> None:
+        """A bug in the handler of a client's packet: log it once and end this session only."""
+        log.exception("engine.io session %s from %s: handler crashed", self.sid, self.address)
+        self.close("internal error", CLOSE_INTERNAL_ERROR)
