@@ -7,6 +7,7 @@ limits, CORS and Origin checks, and what malformed packets of each kind do to a 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,9 +21,9 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from dramaverse.config import load_settings
 from dramaverse.domain.events import UserEvent
 from dramaverse.errors import ConfigError
-from dramaverse.http.engineio import SEPARATOR, EngineConfig, PacketError
+from dramaverse.http.engineio import SEPARATOR, EngineConfig, PacketError, Transport
 from dramaverse.http.engineio_server import find_session
-from dramaverse.http.socketio import RecoveryIds
+from dramaverse.http.socketio import RecoveryIds, SocketIOConnection
 from dramaverse.http.socketio_codec import (
     ACK,
     BINARY_EVENT,
@@ -332,6 +333,24 @@ async def test_client_close_packet_ends_the_session(server: Server) -> None:
     assert await polling.closed()
 
 
+async def test_client_close_ends_the_pending_poll_with_a_noop(server: Server) -> None:
+    # The reference server's answer (socketio/engine.io-protocol test suite, "forcefully closes
+    # the session"): the waiting GET gets a noop, not the close packet, and the sid is gone.
+    polling = await Polling(server).open()
+    async with trio.open_nursery() as nursery:
+        pending: list[httpx.Response] = []
+
+        async def poll() -> None:
+            pending.append(await polling.get())
+
+        nursery.start_soon(poll)
+        await eventually(lambda: polling_waits(polling.sid))
+        assert (await polling.post("1")).text == "ok"
+    assert pending[0].status_code == 200
+    assert pending[0].text == "6"
+    assert_error(await polling.get(), 400, 1, "Session ID unknown")
+
+
 async def test_heartbeat_pings_and_closes_without_pong(tmp_path: Any) -> None:
     settings = make_settings(tmp_path, socket_io_ping_interval=0.1, socket_io_ping_timeout=0.2)
     async with running_server(settings) as server:
@@ -507,13 +526,49 @@ async def test_upgrade_ends_the_pending_poll_with_a_noop(server: Server) -> None
             event = decode((await receive(ws))[1:])
             assert event.data[2] == "1"
             assert_error(await polling.get(), 400, 3, "Bad request")  # polling is over
-            second = await upgrade_request(
-                server, {"EIO": "4", "transport": "websocket", "sid": polling.sid}
-            )
-            assert_error(second, 400, 3, "Bad request")  # no second upgrade
             await ws.send_message("3")
             await favorite(server, alice, URLS[1])
             assert decode((await receive(ws))[1:]).data[2] == "2"
+
+
+async def test_second_websocket_of_an_upgraded_session_is_accepted_then_closed(
+    server: Server,
+) -> None:
+    # As the reference server does (socketio/engine.io-protocol test suite, "ignores WebSocket
+    # connection with same sid after upgrade"): the handshake succeeds, the socket is closed at
+    # once, and the session goes on on its own WebSocket.
+    alice = await server.register("alice")
+    polling = await Polling(server).open()
+    await polling.connect(alice)
+    async with websocket(server, transport="websocket", sid=polling.sid) as ws:
+        await ws.send_message("2probe")
+        assert await receive(ws) == "3probe"
+        await ws.send_message("5")
+        await eventually(
+            lambda: getattr(find_session(polling.sid), "transport", None) is Transport.WEBSOCKET
+        )
+        async with websocket(server, transport="websocket", sid=polling.sid) as second:
+            assert await close_code(second) == 1002
+        await ws.send_message("3")
+        await favorite(server, alice, URLS[0])
+        assert decode((await receive(ws))[1:]).data[2] == "1"
+
+
+async def test_second_websocket_during_an_upgrade_is_closed_at_once(server: Server) -> None:
+    # The first socket has not sent its probe yet: the second one must not wait for a probe of
+    # its own (the reference closes it as soon as another transport is upgrading).
+    alice = await server.register("alice")
+    polling = await Polling(server).open()
+    await polling.connect(alice)
+    async with websocket(server, transport="websocket", sid=polling.sid) as ws:
+        async with websocket(server, transport="websocket", sid=polling.sid) as second:
+            with trio.fail_after(5):  # the upgrade timeout is 10 s
+                assert await close_code(second) == 1002
+        await ws.send_message("2probe")
+        assert await receive(ws) == "3probe"
+        await ws.send_message("5")
+        await favorite(server, alice, URLS[0])
+        assert decode((await receive(ws))[1:]).data[2] == "1"
 
 
 async def test_failed_probe_keeps_the_polling_session(server: Server) -> None:
@@ -533,6 +588,82 @@ async def test_websocket_message_too_large_closes(server: Server) -> None:
         await receive(ws)
         await ws.send_message("4" + "x" * 70_000)
         assert await close_code(ws) in (1009, 1002)
+
+
+# -- a crash in a handler ends its session only ---------------------------------------------
+
+
+def crash_on_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand-in for a bug in the Socket.IO layer: every client event raises."""
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(SocketIOConnection, "_on_event", broken)
+
+
+def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_crash_while_posting_ends_that_session_with_a_500(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = await server.register("alice")
+    bystander = await Polling(server).open()
+    await bystander.connect(alice)
+    polling = await Polling(server).open()
+    await polling.connect(alice)
+    crash_on_events(monkeypatch)
+    response = await polling.post('42["x"]')
+    assert_error(response, 500, 3, "Internal server error")
+    assert await polling.closed()
+    [logged] = errors(caplog)  # logged once, with the session it ended
+    assert polling.sid in logged.getMessage()
+    assert logged.exc_info is not None
+    await favorite(server, alice, URLS[0])  # the other session goes on
+    (packet,) = await bystander.packets()
+    assert packet.endswith(',"1"]')
+
+
+async def test_a_crash_on_a_websocket_closes_it_with_1011(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = await server.register("alice")
+    crash_on_events(monkeypatch)
+    async with websocket(server, transport="websocket") as ws:
+        sid = json.loads((await receive(ws))[1:])["sid"]
+        await ws.send_message("40" + json.dumps({"token": alice}))
+        assert (await receive(ws)).startswith("40{")
+        await ws.send_message('42["x"]')
+        assert await close_code(ws) == 1011
+    [logged] = errors(caplog)
+    assert sid in logged.getMessage()
+    monkeypatch.undo()
+    polling = await Polling(server).open()  # the server goes on
+    assert "sid" in await polling.connect(alice)
+
+
+async def test_a_crash_in_a_session_task_closes_it_with_1011(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = await server.register("alice")
+
+    async def broken(*_: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(SocketIOConnection, "_authenticate", broken)
+    async with websocket(server, transport="websocket") as ws:
+        sid = json.loads((await receive(ws))[1:])["sid"]
+        await ws.send_message("40" + json.dumps({"token": alice}))
+        assert await close_code(ws) == 1011
+    [logged] = errors(caplog)
+    assert sid in logged.getMessage()
+    monkeypatch.undo()
+    async with websocket(server, transport="websocket") as ws:
+        await receive(ws)
+        await ws.send_message("40" + json.dumps({"token": alice}))
+        assert (await receive(ws)).startswith("40{")
 
 
 async def test_recovery_ids_are_bound_to_the_user_and_expire() -> None:

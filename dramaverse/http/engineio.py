@@ -11,7 +11,13 @@ the session without touching the outbox, so nothing queued is lost or reordered 
 * websocket: one text frame per packet; a writer task drains the outbox into the socket.
 * upgrade: the client probes a WebSocket with ``2probe`` while polling goes on; we answer
   ``3probe`` and end the pending GET with a noop (``6``) so the client can pause polling; its
-  ``5`` switches the session to the WebSocket, which drains the same outbox from then on.
+  ``5`` switches the session to the WebSocket, which drains the same outbox from then on. One
+  WebSocket at a time may attempt it (:meth:`EngineSession.claim_upgrade`): another one for the
+  same sid, during or after the upgrade, is accepted and closed at once (1002), as the reference
+  server does.
+
+A client's close packet (``1``) ends the session; a GET waiting at that moment gets a noop
+(``6``), again as the reference server answers, and any later request gets ``Session ID unknown``.
 
 The server pings (``2``) every ``ping_interval`` and closes a session whose pong (``3``) has
 not come back within ``ping_timeout``. Any invalid packet closes the session (:class:`PacketError`,
@@ -24,6 +30,11 @@ shutting down or the client must reconnect, 1002 invalid packet or failed upgrad
 larger than the announced ``maxPayload``, 1011 internal error, 4000 ping timeout, 4001 slow
 consumer (outbox full). socket.io-client reconnects after any of them, except after an explicit
 Socket.IO disconnect (``41``), which is a different thing.
+
+Error handling: the session is the boundary for anything its client sends. A bug in the handler
+(an exception other than PacketError, while a POST or a WebSocket frame is dispatched, or in
+one of the session's tasks) is logged once with the sid and closes this session only: the POST
+gets 500 ``{"code":3,"message":"Internal server error"}``, a WebSocket the close code 1011.
 
 Resource handling: a session runs in the endpoint's nursery (heartbeat plus the handler's tasks)
 until ``close``. It owns its outbox: ``close`` closes the send side, which ends the WebSocket
@@ -94,6 +105,7 @@ FORBIDDEN = EngineError(4, 403, "Forbidden")
 UNSUPPORTED_PROTOCOL_VERSION = EngineError(5, 400, "Unsupported protocol version")
 PAYLOAD_TOO_LARGE = EngineError(3, 413, "Payload too large")
 SHUTTING_DOWN = EngineError(3, 503, "Server is shutting down")
+INTERNAL_ERROR = EngineError(3, 500, "Internal server error")
 ERRORS = (
     TRANSPORT_UNKNOWN,
     UNKNOWN_SID,
@@ -205,6 +217,8 @@ class EngineSession:
         self._scope = trio.CancelScope()
         self._poll_scope: trio.CancelScope | None = None
         self._posting = False
+        self._upgrade_claimed = False  # a WebSocket is bound to this session's upgrade
+        self._closed_by_client = False
         self._last_pong = trio.current_time()
 
     # -- life cycle ------------------------------------------------------------------------
@@ -299,6 +313,7 @@ class EngineSession:
         elif kind == NOOP:
             pass
         elif kind == CLOSE:
+            self._closed_by_client = True
             self.close("closed by the client")
         elif kind == PING:
             raise PacketError("invalid heartbeat direction (the server pings)")
@@ -347,8 +362,8 @@ class EngineSession:
         if RECONNECT in packets:
             packets = packets[: packets.index(RECONNECT)]
             self.close("reconnect requested", CLOSE_GOING_AWAY)
-        if self.transport is Transport.CLOSED:
-            packets.append(CLOSE)
+        if self.transport is Transport.CLOSED and not self._closed_by_client:
+            packets.append(CLOSE)  # the client closed: it needs no close packet, only an answer
         return SEPARATOR.join(packets) if packets else NOOP
 
     async def post(self, read_body: Callable[[], Awaitable[bytes]]) -> None:
@@ -375,8 +390,18 @@ class EngineSession:
             log.info("engine.io session %s from %s: %s", self.sid, self.address, exc)
             self.close(f"parse error: {exc}", CLOSE_PROTOCOL_ERROR)
             raise RequestRefused(BAD_REQUEST) from None
+        except Exception:
+            self._crashed()
+            raise RequestRefused(INTERNAL_ERROR) from None
 
     # -- upgrade and websocket -------------------------------------------------------------
+
+    def claim_upgrade(self) -> bool:
+        """Bind the upgrade to one WebSocket; False if another one has it or it is over."""
+        if self.transport is not Transport.POLLING or self._upgrade_claimed:
+            return False
+        self._upgrade_claimed = True
+        return True
 
     def begin_upgrade(self) -> None:
         """The probe succeeded: end the pending GET so the client can pause polling."""
@@ -385,6 +410,8 @@ class EngineSession:
             self._poll_scope.cancel()
 
     def abort_upgrade(self) -> None:
+        """The claimed upgrade failed: polling goes on, and another WebSocket may try."""
+        self._upgrade_claimed = False
         if self.transport is Transport.UPGRADING:
             self._move(Transport.POLLING)
 
@@ -431,3 +458,11 @@ class EngineSession:
                 log.info("engine.io session %s from %s: %s", self.sid, self.address, exc)
                 self.close(f"parse error: {exc}", CLOSE_PROTOCOL_ERROR)
                 return
+            except Exception:
+                self._crashed()
+                return
+
+    def _crashed(self) -> None:
+        """A bug in the handler of a client's packet: log it once and end this session only."""
+        log.exception("engine.io session %s from %s: handler crashed", self.sid, self.address)
+        self.close("internal error", CLOSE_INTERNAL_ERROR)

@@ -231,9 +231,13 @@ class EngineServer:
             session = self.sessions.get(sid) if len(sid) <= MAX_SID_LENGTH else None
             if session is None:
                 return UNKNOWN_SID.response(origin)
-            if session.transport is not Transport.POLLING:
-                return BAD_REQUEST.response(origin)  # already upgrading or upgraded
-            await ws.accept()
+            if not session.claim_upgrade():
+                # Already upgrading or upgraded: accepted and closed, as the reference server
+                # does (its test suite's client treats a refused handshake as an error).
+                log.info("engine.io session %s: second websocket closed", session.sid)
+                await ws.accept()
+                await _close_socket(ws, CLOSE_PROTOCOL_ERROR, "session already upgrading")
+                return None
             await self._upgrade(session, ws)
             return None
         address = self._address(ws.remote_addr, ws.headers.get("X-Forwarded-For"))
@@ -246,9 +250,14 @@ class EngineServer:
         return None
 
     async def _upgrade(self, session: EngineSession, ws: Any) -> None:
-        """Probe, wait for the client's ``5``, then carry the session on this socket."""
+        """Accept, probe, wait for the client's ``5``, then carry the session on this socket.
+
+        The caller has claimed the upgrade (:meth:`EngineSession.claim_upgrade`); whatever
+        happens before the switch, the claim is released and polling goes on.
+        """
         upgraded = False
         try:
+            await ws.accept()
             upgraded = await self._probe(session, ws)
         finally:
             if not upgraded:  # also when cancelled: polling goes on as before
