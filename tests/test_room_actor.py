@@ -14,8 +14,10 @@ import trio
 import trio.testing
 
 from dramaverse.actors.room import (
+    CLOSE_ROOM_FAILED,
     Call,
     RoomActor,
+    RoomFailed,
     RoomGone,
     RoomPeer,
     RoomRegistry,
@@ -24,7 +26,7 @@ from dramaverse.actors.room import (
     room_config,
 )
 from dramaverse.config import RateLimit, Settings, load_settings
-from dramaverse.domain.rooms import Room
+from dramaverse.domain.rooms import HANDLERS, Room
 from dramaverse.errors import ConfigError, DramaverseError
 
 MOVIE = {"tmdbId": 27205, "type": "movie", "duration": 8880}
@@ -298,24 +300,172 @@ async def test_snapshots_from_on_change_restore_membership_and_role(
         registry.close()
 
 
-async def test_a_crashing_room_is_logged_and_forgotten(
+# --- failures: a bug in one step restarts the room; a crash loop closes it -----------------
+
+
+def fail_once(monkeypatch: pytest.MonkeyPatch, kind: str) -> list[dict[str, Any]]:
+    """Make the pure handler of ``kind`` apply itself and then raise, once: a bug that leaves
+    the room half changed. Returns the data of every call."""
+    fields, handler = HANDLERS[kind]
+    calls: list[dict[str, Any]] = []
+
+    def faulty(room: Room, member: Any, data: Any, now: float) -> Any:
+        calls.append(dict(data))
+        outcome = handler(room, member, data, now)
+        if len(calls) == 1:
+            raise RuntimeError(f"a bug in {kind}")
+        return outcome
+
+    monkeypatch.setitem(HANDLERS, kind, (fields, faulty))
+    return calls
+
+
+def failures(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_verb_that_fails_restarts_the_room_from_the_state_before_it(
+    registry: RoomRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    actor, clients = await room_with(registry, "ann", "bob")
+    await start_playing(actor, clients)
+    await actor.request("bob", "room.chat", {"text": "before"})
+    before = await actor.snapshot()
+    calls = fail_once(monkeypatch, "room.chat")
+    for client in clients.values():
+        client.drain()
+    with caplog.at_level(logging.ERROR):
+        await actor.submit("bob", "room.chat", {"text": "boom"}, request_id="c1")
+        error = await clients["bob"].expect("error", id="c1")
+        welcomes = [await client.expect("room.welcome") for client in clients.values()]
+    assert error["status"] == 500
+    assert "not applied" in error["message"]
+    assert calls == [{"text": "boom"}]
+    # The same room, both members in it, with the state before the failed message: the chat
+    # line the faulty handler had added is gone, playback runs on from the same anchor.
+    assert registry.get(actor.code) is actor
+    assert not actor.stopped.is_set()
+    after = await actor.snapshot()
+    for key in ("host", "playback", "history", "nextChatId", "control", "barrier"):
+        assert after[key] == before[key], key
+    assert [(m["id"], m["order"], m["connected"]) for m in after["members"]] == [
+        ("ann", 0, True),
+        ("bob", 1, True),
+    ]
+    assert [w["you"] for w in welcomes] == ["ann", "bob"]
+    assert [c["text"] for c in welcomes[1]["history"]] == ["before"]
+    logged = failures(caplog)
+    assert len(logged) == 1
+    assert actor.code in logged[0]
+    assert "room.chat" in logged[0]
+    assert not any(client.evictions for client in clients.values())
+    # It keeps working, for the sender too.
+    assert (await actor.request("bob", "room.chat", {"text": "again"}))["id"] == 2
+    assert (await clients["ann"].expect("room.chat"))["text"] == "again"
+    assert (await actor.request("ann", "room.pause", {}))["phase"] == "paused"
+
+
+async def test_a_room_survives_numbers_too_large_for_a_float(
+    registry: RoomRegistry, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
+    actor, clients = await room_with(registry, "ann", "bob")
+    await start_playing(actor, clients)
+    huge = 10**400
+    with caplog.at_level(logging.ERROR):
+        # Refused (400) once numbers are checked at the edge, 500 (not applied) until then:
+        # either way the room stays.
+        with pytest.raises(DramaverseError):
+            await actor.request("bob", "room.position", {"position": huge})
+        with pytest.raises(DramaverseError):
+            await actor.request("ann", "room.content", {"content": MOVIE | {"duration": huge}})
+        with pytest.raises(DramaverseError):
+            await actor.request("ann", "room.content", {"content": MOVIE, "position": huge})
+    assert registry.get(actor.code) is actor
+    view = await actor.call(lambda room, now: room.view(now))
+    assert view["state"]["phase"] == "playing"
+    assert view["state"]["content"]["duration"] == MOVIE["duration"]
+    assert [m["connected"] for m in view["members"]] == [True, True]
+    assert await actor.request("bob", "room.position", {"position": 1.0}) is not None
+
+
+async def test_a_room_that_keeps_failing_closes_its_members_and_keeps_its_snapshot(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ended: list[str] = []
+    changes: list[dict[str, Any]] = []
+    async with open_rooms(
+        SETTINGS,
+        clock=ServerClock(epoch=0.0),
+        on_change=lambda room: changes.append(room.snapshot()),
+        on_end=ended.append,
+        max_restarts=3,
+        restart_window=30.0,
+    ) as registry:
+        actor, clients = await room_with(registry, "ann", "bob")
+        await actor.request("ann", "room.chat", {"text": "kept"})
+
+        def broken_tick(room: Room, now: float) -> list[Any]:
+            raise RuntimeError("a bug in tick")
+
+        monkeypatch.setattr(Room, "tick", broken_tick)
+        with caplog.at_level(logging.ERROR):
+            await actor.stopped.wait()  # every clock ping fails: 3 restarts, then it gives up
+        logged = failures(caplog)
+        assert len(logged) == 4
+        assert all(actor.code in line and "tick" in line for line in logged)
+        assert "closing its 2 connections with 4002" in logged[-1]
+        assert actor.failed
+        for client in clients.values():
+            assert client.evictions == [
+                (CLOSE_ROOM_FAILED, "the watch-party room failed; rejoin it")
+            ]
+            assert client.peer.gone
+        assert registry.find(actor.code) is None
+        assert ended == []  # not ended: its stored snapshot stays
+        with pytest.raises(RoomGone):
+            await actor.join("ann", "Ann", Client().peer)
+
+        # Fixed (or the bad state gone), the room comes back from that snapshot.
+        monkeypatch.undo()
+        again = await registry.restore(changes[-1])
+        client = Client()
+        welcome = await again.join("bob", "Bob", client.peer)
+        assert [c["text"] for c in welcome["history"]] == ["kept"]
+        assert welcome["host"] == "ann"
+        registry.close()
+
+
+async def test_a_failure_after_the_step_keeps_the_step(
     caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
 ) -> None:
-    def explode(room: Room) -> None:
-        raise RuntimeError("storage writer bug")
+    failed: list[int] = []
 
-    async with open_rooms(SETTINGS, clock=ServerClock(epoch=0.0), on_change=explode) as registry:
+    def explode_once(room: Room) -> None:
+        if not failed:
+            failed.append(room.revision)
+            raise RuntimeError("snapshot writer bug")
+
+    async with open_rooms(
+        SETTINGS, clock=ServerClock(epoch=0.0), on_change=explode_once
+    ) as registry:
         actor = await registry.create("ann", "Ann")
         client = Client()
         with caplog.at_level(logging.ERROR):
-            await actor.join("ann", "Ann", client.peer)  # answered, then on_change explodes
-            await actor.stopped.wait()
-        assert registry.find(actor.code) is None
-        assert "room actor" in caplog.text
-        assert "crashed" in caplog.text
-        assert client.peer.gone
-        with pytest.raises(RoomGone):
-            await actor.join("ann", "Ann", Client().peer)
+            await actor.join("ann", "Ann", client.peer)  # answered, then on_change fails
+            await client.expect("room.welcome")
+            await client.expect("room.welcome")  # the restart joined her again
+        assert failed
+        logged = failures(caplog)
+        assert len(logged) == 1
+        assert "on_change" in logged[0]
+        assert registry.find(actor.code) is actor
+        assert not client.peer.gone
+        assert (await actor.request("ann", "room.chat", {"text": "hi"}))["id"] == 1
         registry.close()
 
 
@@ -426,7 +576,8 @@ async def test_a_caller_is_answered_even_when_its_request_crashes_the_room(
     def bug(room: Room, now: float) -> None:
         raise ZeroDivisionError("a bug in the caller's function")
 
-    with caplog.at_level(logging.ERROR), pytest.raises(RoomGone):
+    with caplog.at_level(logging.ERROR), pytest.raises(RoomFailed) as failed:
         await actor.call(bug)
-    await actor.stopped.wait()
+    assert failed.value.status == 500
     assert "ZeroDivisionError" in caplog.text
+    assert await actor.call(lambda room, now: room.code) == actor.code  # restarted, not gone

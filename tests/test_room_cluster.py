@@ -12,6 +12,7 @@ SQLite runs in threads; every wait is bounded.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,7 +23,14 @@ import trio
 import trio.testing
 import trio_asyncio
 
-from dramaverse.actors.room import RoomGone, RoomPeer, open_rooms, render_json
+from dramaverse.actors.room import (
+    CLOSE_ROOM_FAILED,
+    MAX_RESTARTS,
+    RoomGone,
+    RoomPeer,
+    open_rooms,
+    render_json,
+)
 from dramaverse.actors.room_cluster import RoomCluster, open_room_cluster
 from dramaverse.actors.room_relay import CLOSE_SLOW, RelayOutbox, Sender, decode, node_topic
 from dramaverse.actors.room_routes import RoomRoute
@@ -30,7 +38,7 @@ from dramaverse.broker.base import Broker
 from dramaverse.broker.memory import MemoryBroker
 from dramaverse.broker.redis import open_redis_broker
 from dramaverse.config import Settings
-from dramaverse.domain.rooms import Control
+from dramaverse.domain.rooms import HANDLERS, Control, Room
 from dramaverse.errors import BadRequest, NotFound, ServiceUnavailable
 from dramaverse.http.ws_rooms import room_host_lookup
 from dramaverse.storage import open_storage
@@ -124,13 +132,17 @@ async def _run_proc(
 
 @asynccontextmanager
 async def procs(
-    tmp_path: Path, broker: Broker | None = None, count: int = 2, **overrides: Any
+    tmp_path: Path,
+    broker: Broker | None = None,
+    count: int = 2,
+    settings: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[tuple[list[Proc], Broker, Storage]]:
-    settings = make_settings(tmp_path, watch_lead_min_seconds=0.1)
+    settings_ = make_settings(tmp_path, watch_lead_min_seconds=0.1, **(settings or {}))
     broker = broker or MemoryBroker()
-    async with open_storage(settings) as storage, trio.open_nursery() as nursery:
+    async with open_storage(settings_) as storage, trio.open_nursery() as nursery:
         started = [
-            await nursery.start(_run_proc, storage, broker, settings, OPTIONS | overrides)
+            await nursery.start(_run_proc, storage, broker, settings_, OPTIONS | overrides)
             for _ in range(count)
         ]
         yield started, broker, storage
@@ -221,28 +233,97 @@ async def test_a_member_on_another_process_is_relayed_to_the_owner(tmp_path: Pat
         await eventually(lambda: b.cluster.find(code) is None)
 
 
-async def test_unknown_rooms_and_a_room_that_ends_while_relayed(tmp_path: Path) -> None:
+async def test_unknown_rooms_and_a_room_that_gives_up_while_relayed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     async with procs(tmp_path) as ([a, b], _broker, _storage):
         with pytest.raises(NotFound):
             await b.cluster.locate("ZZZZZZZZ")
         alice, bob = Device("alice"), Device("bob")
         code, route_a = await create(a, alice)
-        route_b = await join(b, code, bob, "2")
+        await join(b, code, bob, "2")
         await bob.expect("room.welcome")
+        await alice.ok(route_a, "1", "room.chat", {"text": "kept"})
 
-        def crash(*_: Any) -> None:
-            raise RuntimeError("boom")
+        calls: list[int] = []
 
-        assert route_a.actor is not None
-        with pytest.raises(ServiceUnavailable):
-            await route_a.actor.call(crash)
-        await eventually(lambda: route_b.stopped.is_set())
+        def broken(room: Room) -> float | None:
+            calls.append(1)
+            if len(calls) == MAX_RESTARTS + 1:
+                monkeypatch.undo()  # fixed once the room gave up: it can come back
+            raise RuntimeError("a bug in next_deadline")
+
+        # Every round of the actor fails: it restarts MAX_RESTARTS times, then gives up.
+        with caplog.at_level(logging.ERROR):
+            monkeypatch.setattr(Room, "next_deadline", broken)
+            await alice.ok(route_a, "1", "room.chat", {"text": "kept too"})  # wakes it up
+            await eventually(lambda: route_a.stopped.is_set() and bool(bob.closed))
+        logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(logged) == MAX_RESTARTS + 1
+        assert all(code in line for line in logged)
+        assert alice.closed == [(CLOSE_ROOM_FAILED, "the watch-party room failed; rejoin it")]
+        assert bob.closed == alice.closed  # relayed: the owner's drop closed it on b
         assert bob.peer.gone
         assert b.cluster.find(code) is None
-        await eventually(lambda: a.cluster.find(code) is None)
+        # a writes the last good snapshot, then releases the lease: the room comes back from
+        # it in whichever process adopts it first (a join, or a process's scan of stored rooms).
+        carol = Device("carol")
+        with trio.fail_after(10):
+            while True:
+                try:
+                    route = await join(b, code, carol, "3")
+                    break
+                except ServiceUnavailable:  # a is still writing the snapshot
+                    await trio.sleep(0.05)
+        welcome = await carol.expect("room.welcome")
+        assert welcome["host"] == "1"
+        assert [c["text"] for c in welcome["history"]] == ["kept", "kept too"]
+        assert (await carol.ok(route, "3", "room.chat", {"text": "back"}))["id"] == 3
+
+
+async def test_a_room_that_fails_keeps_its_lease_and_its_relayed_members(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with procs(tmp_path) as ([a, b], broker, _storage):
+        code, state, (alice, bob, route_a, route_b) = await playing_party(a, b)
+        actor = route_a.actor
+        fields, handler = HANDLERS["room.chat"]
+
+        def faulty(room: Room, member: Any, data: Any, now: float) -> Any:
+            monkeypatch.setitem(HANDLERS, "room.chat", (fields, handler))  # once
+            handler(room, member, data, now)
+            raise RuntimeError("a bug in room.chat")
+
+        monkeypatch.setitem(HANDLERS, "room.chat", (fields, faulty))
+        with caplog.at_level(logging.ERROR):
+            answer = await bob.call(route_b, "2", "room.chat", {"text": "boom"})
+            assert (answer["type"], answer["status"]) == ("error", 500)
+            welcomes = [await d.expect("room.welcome") for d in (alice, bob)]
+        assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+        assert all(w["state"]["at"] == state["at"] for w in welcomes)  # same anchor, playing
+        assert all(w["history"] == [] for w in welcomes)
+        assert route_a.actor is actor  # restarted in place: same actor, route and lease
+        assert not route_b.stopped.is_set()
+        assert await broker.acquire_lease(f"room:{code}", 1000) is None
+        assert (await bob.ok(route_b, "2", "room.chat", {"text": "again"}))["id"] == 1
+        assert (await alice.expect("room.chat"))["text"] == "again"
+        assert not alice.closed
+        assert not bob.closed
+
+
+async def test_a_room_that_ended_is_never_restored_from_a_leftover_snapshot(
+    tmp_path: Path,
+) -> None:
+    graces = {"watch_empty_room_seconds": 0.1, "watch_reconnect_grace_seconds": 0.1}
+    async with procs(tmp_path, settings=graces) as ([a, b], _broker, _storage):
+        alice = Device("alice")
+        code, route_a = await create(a, alice)
+        await alice.ok(route_a, "1", "room.leave")
+        await eventually(lambda: a.cluster.find(code) is None)  # empty past its grace: ended
         await a.cluster.writer.flushed()
-        with pytest.raises(NotFound):  # ended: never restored from a leftover snapshot
-            await b.cluster.locate(code)
+        for proc in (a, b):
+            with pytest.raises(NotFound):
+                await proc.cluster.locate(code)
 
 
 async def test_another_connection_of_the_member_replaces_the_relayed_one(tmp_path: Path) -> None:

@@ -85,3 +85,18 @@ async def test_a_failure_behind_one_frame_closes_that_socket_only(
             assert (await receive(bystander))["type"] == "ack"
         failures = [r for r in caplog.records if "failed on a frame" in r.getMessage()]
         assert len(failures) == 1
+
+
+async def test_a_nul_character_is_refused_with_the_request_id(tmp_path: Path) -> None:
+    """Found by the room fuzzer: the refusal left out the id, so a client could not tell which
+    of its requests it was."""
+    async with running_server(make_settings(tmp_path)) as server:
+        token = await server.register("alice")
+        async with device(server, token) as ws:
+            assert (await receive(ws))["type"] == "ready"
+            data = {"dramaUrl": "x\u0000", "status": "Watching"}
+            await ws.send_message(json.dumps({"type": "status.set", "id": "n1", "data": data}))
+            frame = await receive(ws)
+            assert frame["type"] == "error"
+            assert frame["status"] == 400
+            assert frame["id"] == "n1"

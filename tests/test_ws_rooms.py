@@ -7,6 +7,7 @@ checks that a refused command changes nothing compare the room's full snapshot b
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -19,8 +20,9 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from dramaverse.actors.room import RoomActor
+from dramaverse.actors.room import CLOSE_ROOM_FAILED, MAX_RESTARTS, RoomActor
 from dramaverse.config import RateLimit, Settings
+from dramaverse.domain.rooms import HANDLERS
 from tests.conftest import Server, make_settings, running_server
 from tests.wsclient import open_client
 
@@ -723,30 +725,97 @@ async def test_creating_and_joining_spend_the_request_limit(tmp_path: Path) -> N
                 await alice.ok("room.chat", {"text": "commands are not limited"}, room=code)
 
 
-async def test_a_crashed_room_is_unknown_and_its_snapshot_deleted(
-    server: Server, tokens: dict[str, str]
+def failing(monkeypatch: pytest.MonkeyPatch, kind: str, times: int) -> None:
+    """Make the pure handler of ``kind`` raise (after applying itself) ``times`` times."""
+    fields, handler = HANDLERS[kind]
+    calls: list[int] = []
+
+    def faulty(room: Any, member: Any, data: Any, now: float) -> Any:
+        calls.append(1)
+        outcome = handler(room, member, data, now)
+        if len(calls) <= times:
+            raise RuntimeError(f"a bug in {kind}")
+        return outcome
+
+    monkeypatch.setitem(HANDLERS, kind, (fields, faulty))
+
+
+async def test_a_verb_that_fails_is_answered_500_and_the_room_keeps_working(
+    server: Server,
+    tokens: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     with trio.fail_after(30):
-        async with connect(server, tokens["alice"], "alice") as alice:
+        async with (
+            connect(server, tokens["alice"], "alice") as alice,
+            connect(server, tokens["bob"], "bob") as bob,
+        ):
             code, _ = await create(alice)
+            await join(bob, code)
+            await alice.ok("room.content", {"content": MOVIE})
+            room = actor(server, code)
+            before = await room.snapshot()
+            failing(monkeypatch, "room.chat", 1)
+            with caplog.at_level(logging.ERROR):
+                answer = await bob.call("room.chat", {"text": "boom"})
+                welcomes = [await m.expect("room.welcome") for m in (alice, bob)]
+            assert (answer["type"], answer["status"]) == ("error", 500)
+            assert all(w["history"] == [] for w in welcomes)  # not applied
+            assert all(w["state"]["content"]["tmdbId"] == MOVIE["tmdbId"] for w in welcomes)
+            assert [m["id"] for m in welcomes[0]["members"]] == ["1", "2"]
+            assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+            assert actor(server, code) is room  # the same room, restarted in place
+            after = await room.snapshot()
+            assert after["host"] == before["host"] == "1"
+            assert after["playback"] == before["playback"]
+            # It keeps working for the other member, and for the sender.
+            await alice.ok("room.chat", {"text": "still here"})
+            assert (await bob.expect("room.chat"))["text"] == "still here"
+            await bob.ok("room.chat", {"text": "me too"})
+            assert (await alice.expect("room.chat", text="me too"))["member"] == "2"
+            await bob.still_usable()
+
+
+async def test_a_room_that_keeps_failing_closes_with_4002_and_comes_back(
+    server: Server,
+    tokens: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with trio.fail_after(30):
+        async with (
+            connect(server, tokens["alice"], "alice") as alice,
+            connect(server, tokens["bob"], "bob") as bob,
+        ):
+            code, _ = await create(alice)
+            await join(bob, code)
+            await alice.ok("room.chat", {"text": "kept"})
+            failing(monkeypatch, "room.chat", MAX_RESTARTS + 1)
+            with caplog.at_level(logging.ERROR):
+                for _ in range(MAX_RESTARTS):
+                    assert (await alice.call("room.chat", {"text": "boom"}))["status"] == 500
+                await alice.send("room.chat", {"text": "boom"})  # one failure too many
+                assert await close_code(alice.ws) == CLOSE_ROOM_FAILED
+                assert await close_code(bob.ws) == CLOSE_ROOM_FAILED
+            assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 6
             writer = server.handle.state.room_snapshots
             assert writer is not None
-            await writer.flushed()
-            assert await server.handle.state.storage.load_room_snapshot(code) is not None
-            room = actor(server, code)
-
-            def crash(*_: Any) -> None:
-                raise RuntimeError("boom")
-
-            with pytest.raises(Exception, match="closed"):
-                await room.call(crash)
-            await room.stopped.wait()
-            await trio.testing.wait_all_tasks_blocked()  # the registry's on_end ran
-            answer = await alice.call("room.chat", {"text": "anyone?"})
-            assert (answer["status"], answer["message"]) == (404, f"Room {code} not found.")
-            await writer.flushed()
-            assert await server.handle.state.storage.load_room_snapshot(code) is None
-            assert not writer.taken(code)
+            assert writer.taken(code)  # its snapshot stays
+        # Reconnect and rejoin: the room comes back from its snapshot, chat and host kept.
+        async with connect(server, tokens["bob"], "bob") as bob:
+            with trio.fail_after(10):
+                while True:
+                    answer = await bob.call("room.join", {"code": code})
+                    if answer["type"] == "ack":
+                        break
+                    assert answer["status"] == 503  # still writing the snapshot
+                    await trio.sleep(0.05)
+            welcome = next(f for f in bob.seen if f["type"] == "room.welcome")
+            assert welcome["host"] == "1"
+            assert [c["text"] for c in welcome["history"]] == ["kept"]
+            bob.room = code
+            await bob.ok("room.chat", {"text": "back"})
 
 
 # --- the player-status endpoint --------------------------------------------------------

@@ -19,12 +19,22 @@ itself once the room has had no member for ``empty_grace`` seconds, forgets its 
 them gone) and tells the registry through ``on_exit``. ``abandon()`` stops it at once without
 ending the room (its lease was lost and another process restores it: ``room_cluster.py``): the
 peers are left alone for their connections to follow the room, and ``on_end`` is not called.
-Room actors are temporary: a crashed one is logged, not restarted; its members rejoin (or the
-room is restored from its last snapshot).
 
 Error handling: a refused command raises inside the pure room before anything changed; the actor
 answers the sender with an ``error`` frame (or raises it to an awaiting ``request``) and carries
-on. Anything else escaping the room is a bug: the actor crashes and its supervisor logs it.
+on. Anything else escaping one step of the actor (a message, a tick, ``on_change``) is a bug, and
+the room may be half changed by it, so the actor is *restarted*: the room is rebuilt from the
+snapshot the actor took after its last good step (``Room.restore``, as after a failover) and
+every connected peer is joined to it again (each gets a fresh ``room.welcome``; membership, role,
+playback and chat are those before the failed message). The sender of the failed message gets
+500 (:class:`RoomFailed`: not applied) and the failure is logged once, with the room's code and
+the verb. Within a restart intensity (:class:`RestartIntensity`, the registry's: at most
+``MAX_RESTARTS`` in ``RESTART_WINDOW`` seconds) a restart is in place: the inbox, the peers'
+handles and a cluster lease stay as they are, so no caller notices beyond the welcome. Past it
+the room gives up: every peer is evicted with ``CLOSE_ROOM_FAILED`` (4002, reconnect and rejoin)
+and the actor stops with ``failed`` set, which keeps its stored snapshot (``on_end`` is not
+called), so the room comes back when someone joins it again (``room_cluster.py``) or at the next
+start. ``trio.Cancelled`` is never caught.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -57,6 +68,10 @@ log = logging.getLogger(__name__)
 INBOX_SIZE = 64
 BATCH = 32  # messages handled per wake-up at most, so timers are never starved
 TIME_EPSILON = 1e-6  # seconds: deadlines this close count as reached
+MAX_RESTARTS = 5  # restarts of one room within RESTART_WINDOW; one more and it gives up
+RESTART_WINDOW = 60.0  # seconds (trio time)
+CLOSE_ROOM_FAILED = 4002  # the room failed too often and stopped; reconnect and rejoin it
+MAX_VERB_LENGTH = 40  # of a client's message type, in the log
 T = TypeVar("T")
 
 
@@ -107,6 +122,29 @@ class ServerClock:
 
 class RoomGone(ServiceUnavailable):
     """The room actor stopped before the request could be handled; join again."""
+
+
+class RoomFailed(DramaverseError):
+    """The room failed on this request (a server bug) and was restarted from its state before
+    it: the request was not applied (500)."""
+
+
+@dataclass(eq=False)
+class RestartIntensity:
+    """At most ``max_restarts`` restarts within ``window`` seconds (OTP's restart intensity)."""
+
+    max_restarts: int = MAX_RESTARTS
+    window: float = RESTART_WINDOW
+    times: deque[float] = field(default_factory=deque)
+
+    def allow(self, now: float) -> bool:
+        """Count a restart at trio time ``now``; False when it would exceed the intensity."""
+        while self.times and self.times[0] <= now - self.window:
+            self.times.popleft()
+        if len(self.times) >= self.max_restarts:
+            return False
+        self.times.append(now)
+        return True
 
 
 @dataclass(eq=False)
@@ -202,6 +240,21 @@ def _error_frame(error: DramaverseError, request_id: object) -> dict[str, Any]:
     return frame
 
 
+def _verb(message: Message) -> str:
+    """What a message was, for the log (a client's type is cut short: it may be anything)."""
+    match message:
+        case Command(kind=kind):
+            text = kind if isinstance(kind, str) else repr(kind)
+            return text[:MAX_VERB_LENGTH]
+        case Join():
+            return "room.join"
+        case Disconnect():
+            return "disconnect"
+        case Call():
+            return "call"
+    return "?"
+
+
 def _check_request_id(request_id: object) -> None:
     if request_id is not None and not is_request_id(request_id):
         raise BadRequest(f"id must be {REQUEST_ID_RULE}.")
@@ -219,6 +272,7 @@ class RoomActor:
         on_change: Callable[[Room], None] = lambda _: None,
         on_exit: Callable[[RoomActor], None] = lambda _: None,
         inbox_size: int = INBOX_SIZE,
+        restarts: RestartIntensity | None = None,
     ) -> None:
         self.room = room
         self.code = room.code
@@ -231,9 +285,14 @@ class RoomActor:
         self._on_exit = on_exit
         self._empty_since: float | None = clock.now() if room.empty else None
         self._gone_peers = False  # a disconnect could not be queued: sweep for gone peers
-        self._in_flight: Reply[Any] | None = None
+        self._current: Message | None = None  # the message being handled
+        self._step = "tick"  # what the actor is doing when no message is being handled
+        self._good = room.snapshot()  # the room after the last step that did not fail
+        self._good_revision = room.revision
         self._scope = trio.CancelScope()
+        self.restarts = restarts or RestartIntensity()
         self.abandoned = False  # stopped by abandon(): the room lives on in another process
+        self.failed = False  # gave up after too many restarts: its snapshot must stay
 
     # --- the API used by connections (and the registry) ----------------------------------
 
@@ -301,15 +360,26 @@ class RoomActor:
     # --- the actor -----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the room until it stops (empty past its grace, abandoned, or given up after
+        too many failures); a failed step restarts it in place (see the module docstring)."""
         task_status.started()
         try:
             with self._scope:
-                await self._loop()
+                while True:
+                    try:
+                        await self._loop()
+                        return
+                    except Exception as error:  # a bug (trio.Cancelled is no Exception)
+                        if not self._recover(error):
+                            return
         finally:
             self._on_exit(self)
             gone = RoomGone(f"Room {self.code} is closed; join again.")
-            if self._in_flight is not None and not self._in_flight.done.is_set():
-                self._in_flight.fail(gone)
+            reply = (
+                self._current.reply if isinstance(self._current, Join | Call | Command) else None
+            )
+            if reply is not None and not reply.done.is_set():
+                reply.fail(gone)
             while True:  # callers still queued must not wait forever
                 try:
                     pending = self._receive.receive_nowait()
@@ -328,12 +398,14 @@ class RoomActor:
         while True:
             now = self.clock.now()
             revision = self.room.revision
+            self._step = "tick"
             due = self.room.next_deadline()
             message: Message | None = None
             if due is not None and due <= now + TIME_EPSILON:
                 # max(): server time is trio time plus an offset, so a deadline can seem a hair
                 # early after a float round trip; the room must see it as reached.
                 self._deliver(self.room.tick(max(now, due)))
+                self._keep_good()
             else:
                 wake = due if due is not None else _inf
                 if self._empty_since is not None:
@@ -355,8 +427,11 @@ class RoomActor:
                     except trio.WouldBlock:
                         break
             if self._gone_peers:
+                self._step = "disconnect"
                 self._deliver(self._sweep(now))
+                self._keep_good()
             if self.room.revision != revision:
+                self._step = "on_change"
                 self._on_change(self.room)
             if not self.room.empty:
                 self._empty_since = None
@@ -364,10 +439,95 @@ class RoomActor:
                 self._empty_since = now
 
     def _handle(self, message: Message, now: float) -> None:
-        # A caller awaiting this message must hear about it even if the room crashes on it.
-        self._in_flight = message.reply if not isinstance(message, Disconnect) else None
+        # Kept while it is handled: its sender must hear about it if the room fails on it.
+        self._current = message
         self._dispatch(message, now)
-        self._in_flight = None
+        self._current = None
+        self._keep_good()
+
+    def _keep_good(self) -> None:
+        """Remember the room as it is after a step that did not fail (a restart's state)."""
+        if self.room.revision != self._good_revision:
+            self._good = self.room.snapshot()
+            self._good_revision = self.room.revision
+
+    # --- failures ------------------------------------------------------------------------
+
+    def _recover(self, error: Exception) -> bool:
+        """A step failed with ``error``: answer its sender, log it once, and restart the room
+        from its last good state; False (the actor stops) past the restart intensity."""
+        while True:
+            message, self._current = self._current, None
+            verb = _verb(message) if message is not None else self._step
+            restart = self.restarts.allow(trio.current_time())
+            outcome = (
+                "restarting it from its state before"
+                if restart
+                else f"{self.restarts.max_restarts} restarts in {self.restarts.window:g} s: "
+                f"closing its {len(self.peers)} connections with {CLOSE_ROOM_FAILED}, "
+                "keeping its snapshot"
+            )
+            log.error("room %s failed on %s; %s", self.code, verb, outcome, exc_info=error)
+            if message is not None:
+                self._answer_failed(message)
+            if not restart:
+                self._give_up()
+                return False
+            try:
+                self._restart()
+            except Exception as again:  # the restart failed too: counts as another failure
+                error = again
+                self._step = "restart"
+                continue
+            return True
+
+    def _answer_failed(self, message: Message) -> None:
+        failed = RoomFailed("The room failed on this request (a server bug); it was not applied.")
+        reply = message.reply if isinstance(message, Join | Call | Command) else None
+        if reply is not None:
+            if not reply.done.is_set():
+                reply.fail(failed)
+            return
+        if isinstance(message, Command):
+            peer = message.peer or self.peers.get(message.member_id)
+            if peer is not None:
+                request_id = message.request_id if is_request_id(message.request_id) else None
+                peer.push(peer.render(_error_frame(failed, request_id)))
+                peer.on_error(failed.status)
+
+    def _restart(self) -> None:
+        """Rebuild the room from the last good snapshot and join every live peer to it again.
+
+        The restore counts every member as disconnected; the joins make the connected ones
+        members again (fresh welcome, role kept). A peer whose member is not in that snapshot
+        (its join was the failed step) gets ``room.left`` with ``reason: "failed"``."""
+        now = self.clock.now()
+        room = Room.restore(self._good, self.room.config, now=now)
+        self.room = room
+        kept: dict[str, RoomPeer] = {}
+        sends: list[Send] = []
+        for member_id, peer in self.peers.items():
+            if peer.gone:
+                continue  # its disconnect is on the way; the restore counts it as disconnected
+            member = room.members.get(member_id)
+            if member is None:
+                peer.push(peer.render({"type": "room.left", "room": self.code, "reason": "failed"}))
+                peer.gone = True
+                continue
+            sends += room.join(member_id, member.name, now)
+            kept[member_id] = peer
+        self.peers = kept
+        self._deliver(sends)
+        self._on_change(room)
+        self._good, self._good_revision = room.snapshot(), room.revision
+
+    def _give_up(self) -> None:
+        """Too many failures: close the room's connections; its stored snapshot stays."""
+        self.failed = True
+        for peer in self.peers.values():
+            if not peer.gone:
+                peer.gone = True
+                peer.evict(CLOSE_ROOM_FAILED, "the watch-party room failed; rejoin it")
 
     def _dispatch(self, message: Message, now: float) -> None:
         match message:
@@ -462,8 +622,13 @@ class RoomRegistry:
     ``taken(code)`` lets a caller veto codes in use elsewhere (other processes, storage).
     ``on_change(room)`` is called in the room's task after every change a snapshot would
     record; it must not block (hand the snapshot to a writer task with ``send_nowait``).
-    ``on_end(code)`` is called when a room actor ended by itself (empty past its grace, or
-    crashed), not when it was cancelled (shutdown): its snapshot is of no more use.
+    ``on_end(code)`` is called when a room actor ended by itself (empty past its grace), not
+    when it was cancelled (shutdown), abandoned or gave up after too many failures: its snapshot
+    is of no more use.
+
+    Supervision: each actor gets a :class:`RestartIntensity` of ``max_restarts`` in
+    ``restart_window`` seconds; the actor applies it in its own task (only that task touches the
+    room), restarting in place from its last good state (see the module docstring).
     """
 
     def __init__(
@@ -476,8 +641,12 @@ class RoomRegistry:
         on_change: Callable[[Room], None] = lambda _: None,
         on_end: Callable[[str], None] = lambda _: None,
         taken: Callable[[str], bool] = lambda _: False,
+        max_restarts: int = MAX_RESTARTS,
+        restart_window: float = RESTART_WINDOW,
     ) -> None:
         self._nursery = nursery
+        self._max_restarts = max_restarts
+        self._restart_window = restart_window
         self.config = config
         self.clock = clock
         self._empty_grace = empty_grace
@@ -535,6 +704,7 @@ class RoomRegistry:
             empty_grace=self._empty_grace,
             on_change=self._on_change,
             on_exit=self._forget,
+            restarts=RestartIntensity(self._max_restarts, self._restart_window),
         )
         self.rooms[room.code] = actor
         await self._nursery.start(self._supervise, actor)
@@ -559,9 +729,11 @@ class RoomRegistry:
     ) -> None:
         try:
             await actor.run(task_status=task_status)
-        except Exception:
+        except Exception:  # the actor's own cleanup failed (its steps are restarted inside)
             log.exception("room actor %s crashed", actor.code)
-        if not actor.abandoned:  # moved to another process: its snapshot must stay
+            return  # the room may come back from its snapshot
+        # Moved to another process, or given up after failures: its snapshot must stay.
+        if not actor.abandoned and not actor.failed:
             self._on_end(actor.code)  # not reached when cancelled
 
     def close(self) -> None:
@@ -577,6 +749,8 @@ async def open_rooms(
     on_change: Callable[[Room], None] = lambda _: None,
     on_end: Callable[[str], None] = lambda _: None,
     taken: Callable[[str], bool] = lambda _: False,
+    max_restarts: int = MAX_RESTARTS,
+    restart_window: float = RESTART_WINDOW,
 ) -> AsyncIterator[RoomRegistry]:
     """Own the nursery of every room actor; leaving cancels them."""
     async with trio.open_nursery() as nursery:
@@ -588,5 +762,7 @@ async def open_rooms(
             on_change=on_change,
             on_end=on_end,
             taken=taken,
+            max_restarts=max_restarts,
+            restart_window=restart_window,
         )
         nursery.cancel_scope.cancel()

@@ -20,8 +20,14 @@ route outlives the moves of its room, so connections never notice them beyond a 
   route joins its connections to the new actor.
 - local -> remote: this process lost the lease; the actor is abandoned and the route joins its
   connections to whoever owns the room next (heartbeats find out).
-- end: the room ended by itself (empty, or crashed) wherever it ran; the route stops and its
-  connections are no longer in it.
+- end: the room ended by itself (empty) wherever it ran, or gave up after too many failures
+  (its connections were closed with 4002); the route stops and its connections are no longer in
+  it.
+
+Failures: a room actor that fails restarts in place (``room.py``), so its keeper, port, route
+and lease do not notice. One that gives up (too many failures) keeps its snapshot: its keeper
+writes what is pending, answers joins 503 meanwhile, and then releases the lease, so the next
+``room.join`` (here or in any process) adopts the room from that snapshot, as after a dead owner.
 
 Heartbeats: every ``beat`` seconds each remote route sends the owner the list of its
 connections; the owner answers with the ones it does not know (it was restored since: join
@@ -138,6 +144,7 @@ class RoomCluster:
         self._relay_timeout = relay_timeout
         self._locks: dict[str, trio.Lock] = {}
         self._ending: set[str] = set()  # ended here; lease kept until the snapshot is deleted
+        self._resting: set[str] = set()  # gave up here; lease kept until the snapshot is written
         self._adopting: set[str] = set()
         self._listening: trio.Event | None = None  # set once the node topic is subscribed
 
@@ -173,7 +180,10 @@ class RoomCluster:
         route = self.find(code)
         if route is not None:
             return route
-        if not self.shared or code in self._ending:
+        if code in self._resting:
+            raise ServiceUnavailable(f"Room {code} is restarting; join again in a moment.")
+        # One process adopts only a room that gave up (its snapshot stays, its code is taken).
+        if code in self._ending or not (self.shared or self.writer.taken(code)):
             raise NotFound(f"Room {code} not found.")
         lock = self._locks.setdefault(code, trio.Lock())
         try:
@@ -450,14 +460,18 @@ class RoomCluster:
             self.tidy(route)
             return
         route.end()
-        # Keep the lease until the snapshot's deletion is written: no other process may
-        # restore a room that just ended.
-        self._ending.add(actor.code)
+        # Keep the lease until the snapshot's deletion is written (no other process may
+        # restore a room that just ended), or, for a room that gave up, until its last good
+        # snapshot is written (the next owner restores that one).
+        waiting = self._resting if actor.failed else self._ending
+        waiting.add(actor.code)
         try:
+            if actor.failed:
+                self.writer.expedite(actor.code)
             with trio.move_on_after(FLUSH_SECONDS):
                 await self.writer.settled(actor.code)
         finally:
-            self._ending.discard(actor.code)
+            waiting.discard(actor.code)
             await self._release(held[0])
 
     async def _hold_lease(self, held: list[Lease], actor: RoomActor) -> None:

@@ -9,8 +9,9 @@ not ten. A new room's first snapshot is written at once. A few writer tasks save
 snapshots. At most one write per room is in flight, so an older snapshot can never land after a
 newer one. A crash loses at most the changes of the
 last ``delay`` (plus a write's duration); a shutdown writes everything pending. When a room
-ends by itself (empty past its grace, or crashed), the registry calls :meth:`ended` and its
-stored snapshot is deleted, at once.
+ends by itself (empty past its grace), the registry calls :meth:`ended` and its stored snapshot
+is deleted, at once. A room that gave up after too many failures does not end: its snapshot
+stays, and the room comes back from it.
 
 Bounds: the pending map holds at most one entry per room and at most ``max_pending`` rooms;
 a room that changes while the map is full (storage far behind) is remembered by code only and
@@ -173,6 +174,12 @@ class SnapshotWriter:
         while self._pending or self._in_flight:
             self._expedite()
             await self._progress.park()
+
+    def expedite(self, code: str) -> None:
+        """Write what is pending for ``code`` now, without waiting for its delay."""
+        if code in self._due:
+            self._due[code] = min(self._due[code], trio.current_time())
+            self._work.unpark_all()
 
     def _expedite(self) -> None:
         now = trio.current_time()

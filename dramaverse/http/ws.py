@@ -446,7 +446,11 @@ class NativeConnection:
         if not isinstance(message, dict):
             raise ProtocolError("A message must be a JSON object.")
         if "\\u" in raw and unstorable_text(message):
-            raise ProtocolError("Strings must not contain NUL characters or lone surrogates.")
+            request_id = message.get("id")
+            raise ProtocolError(
+                "Strings must not contain NUL characters or lone surrogates.",
+                request_id if is_request_id(request_id) else None,
+            )
         if not isinstance(message.get("type"), str):
             raise ProtocolError("A message needs a string 'type'.")
         return message
