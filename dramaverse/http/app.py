@@ -31,7 +31,7 @@ def create_app(state: AppState) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = state.settings.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    cors = state.cors
+    perimeter = state.perimeter
     engine_path = state.settings.socket_io_path  # Engine.IO answers CORS itself (credentials)
 
     @app.before_request
@@ -39,9 +39,9 @@ def create_app(state: AppState) -> QuartTrio:
         if request.path == engine_path:
             return None
         origin = request.headers.get("Origin")
-        if not cors.allows(origin):
+        if not perimeter.allows_origin(origin):
             # The original server raised here and answered 500; a refusal is a 403.
-            return error_response(403, f"Origin {origin} is not allowed by CORS policy.")
+            return error_response(403, perimeter.origin_refusal(origin))
         if request.method == "OPTIONS":
             response = Response(b"", 204)
             if origin is not None:
@@ -56,7 +56,7 @@ def create_app(state: AppState) -> QuartTrio:
         origin = request.headers.get("Origin")
         if (
             origin is not None
-            and cors.allows(origin)
+            and perimeter.allows_origin(origin)
             and request.method != "OPTIONS"
             and request.path != engine_path
         ):
@@ -100,7 +100,7 @@ def create_app(state: AppState) -> QuartTrio:
         elif status == 405:
             message = f"Method {method} is not allowed on {path}."
         elif status == 413:
-            message = f"Request body too large (limit {state.settings.max_body_bytes} bytes)."
+            message = perimeter.body_refusal()
         elif status >= 500:
             message = SERVER_ERROR
         else:

@@ -30,13 +30,10 @@ from hypercorn.typing import (
 from dramaverse.errors import (
     Conflict,
     DramaverseError,
-    Forbidden,
-    PayloadTooLarge,
-    TooManyRequests,
 )
 from dramaverse.http import library_ops
 from dramaverse.http.responses import JSON_TYPE, dumps, mimetype_of, parse_json_body
-from dramaverse.http.security import SECURITY_HEADERS, CorsPolicy, client_address, minutes_phrase
+from dramaverse.http.security import SECURITY_HEADERS, CorsPolicy
 from dramaverse.http.state import AppState
 
 log = logging.getLogger(__name__)
@@ -60,9 +57,8 @@ class LibraryWriteFastPath:
     def __init__(self, app: ASGIFramework, state: AppState) -> None:
         self._app = app
         self._state = state
-        window = state.user_limiter.rule.window if state.user_limiter is not None else 0
-        self._limit_message = f"Too many requests, please try again after {minutes_phrase(window)}."
-        self._too_large = f"Request body too large (limit {state.settings.max_body_bytes} bytes)."
+        self._perimeter = state.perimeter
+        self._limit_message = state.perimeter.user_limit_message()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -81,25 +77,22 @@ class LibraryWriteFastPath:
             if name in _WANTED and name not in headers:  # the first one wins, as in Quart
                 headers[name] = value.decode("latin-1")
         extra: list[tuple[str, str]] = []
+        perimeter = self._perimeter
         origin = headers.get(b"origin")
-        if origin is not None and state.cors.allows(origin):
+        if origin is not None and perimeter.allows_origin(origin):
             extra.extend(CorsPolicy.grant_headers(origin))
         try:
-            if not state.cors.allows(origin):
-                raise Forbidden(f"Origin {origin} is not allowed by CORS policy.")
-            user = state.tokens.verify_header(headers.get(b"authorization"))
-            limiter = state.user_limiter
-            if limiter is not None:
+            perimeter.check_origin(origin)
+            user = perimeter.user_from_header(headers.get(b"authorization"))
+            if perimeter.user_limiter is not None:
                 peer = scope.get("client")
-                address = client_address(
-                    peer[0] if peer else None,
-                    headers.get(b"x-forwarded-for"),
-                    state.settings.trust_proxy,
+                address = perimeter.address(
+                    peer[0] if peer else None, headers.get(b"x-forwarded-for")
                 )
-                decision = limiter.hit(address)
-                extra.extend(decision.headers)
-                if not decision.allowed:
-                    raise TooManyRequests(self._limit_message)
+                decision = perimeter.spend_user_limit(address)
+                if decision is not None:
+                    extra.extend(decision.headers)
+                perimeter.refuse_over_limit(decision, self._limit_message)
             data = await self._read_body(receive, headers.get(b"content-length"))
             if data is None:
                 return  # the client went away
@@ -120,9 +113,8 @@ class LibraryWriteFastPath:
         await _respond(send, 200, result, extra)
 
     async def _read_body(self, receive: Receive, declared: str | None) -> bytes | None:
-        limit = self._state.settings.max_body_bytes
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(self._too_large)
+        perimeter = self._perimeter
+        perimeter.check_declared_length(declared)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -132,8 +124,7 @@ class LibraryWriteFastPath:
             chunk = message.get("body", b"")
             assert isinstance(chunk, bytes)
             size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(self._too_large)
+            perimeter.check_received(size)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)

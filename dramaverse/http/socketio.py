@@ -309,7 +309,7 @@ class SocketIOConnection:
             message = TOKEN_INVALID
         else:
             try:
-                user = self._state.tokens.verify(token)
+                user = self._state.perimeter.user_from_token(token)
             except Unauthorized:
                 message = TOKEN_INVALID
             else:

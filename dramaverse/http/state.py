@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import cast
 
 import trio
@@ -18,6 +19,7 @@ from dramaverse.actors.room_snapshots import SnapshotWriter
 from dramaverse.broker.base import Broker
 from dramaverse.config import Settings
 from dramaverse.http.auth import PasswordHasher, TokenService
+from dramaverse.http.perimeter import Perimeter
 from dramaverse.http.security import CorsPolicy, RateLimiter, SharedRateLimiter
 from dramaverse.storage.base import Storage
 
@@ -60,6 +62,13 @@ class AppState:
     room_snapshots: SnapshotWriter | None = None
     # Ownership and relaying of rooms across processes (the room verbs go through it).
     room_cluster: RoomCluster | None = None
+
+    @cached_property
+    def perimeter(self) -> Perimeter:
+        """Origin, token, rate limit and body size, as every door checks them."""
+        return Perimeter(
+            self.settings, self.cors, self.tokens, self.auth_limiter, self.user_limiter
+        )
 
     @classmethod
     def build(

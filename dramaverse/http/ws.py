@@ -45,7 +45,7 @@ from dramaverse.errors import Conflict, DramaverseError, ServiceUnavailable, Una
 from dramaverse.http.auth import AuthUser
 from dramaverse.http.library_ops import OPERATIONS
 from dramaverse.http.responses import JSON_TYPE
-from dramaverse.http.security import SECURITY_HEADERS, client_address, minutes_phrase
+from dramaverse.http.security import SECURITY_HEADERS
 from dramaverse.http.state import AppState
 from dramaverse.http.ws_rooms import RoomLink, is_room_message
 
@@ -154,9 +154,10 @@ async def native_socket(
         if name in _WANTED and name not in headers:  # the first one wins, as in Quart
             headers[name] = value.decode("latin-1")
     origin = headers.get(b"origin")
-    if not state.cors.allows(origin):
+    perimeter = state.perimeter
+    if not perimeter.allows_origin(origin):
         # Cross-site WebSocket hijacking: a page on another origin cannot ride the user's socket.
-        await _refuse(scope, send, 403, f"Origin {origin} is not allowed by CORS policy.")
+        await _refuse(scope, send, 403, perimeter.origin_refusal(origin))
         return
     offered = list(scope.get("subprotocols") or ())
     token = next(
@@ -179,9 +180,7 @@ async def native_socket(
         {"type": "websocket.accept", "subprotocol": PROTOCOL if offered else None, "headers": []}
     )
     peer = scope.get("client")
-    address = client_address(
-        peer[0] if peer else None, headers.get(b"x-forwarded-for"), state.settings.trust_proxy
-    )
+    address = perimeter.address(peer[0] if peer else None, headers.get(b"x-forwarded-for"))
     await NativeConnection(state, address, token, socket).run()
 
 
@@ -334,7 +333,7 @@ class NativeConnection:
             self.close(CLOSE_AUTH_FAILED, "Authentication token required")
             return None
         try:
-            user = self._state.tokens.verify(token)
+            user = self._state.perimeter.user_from_token(token)
         except Unauthorized as exc:
             self.close(CLOSE_AUTH_FAILED, exc.message)
             return None
@@ -474,10 +473,10 @@ class NativeConnection:
         request_id = message.get("id")
         if not is_request_id(request_id):
             raise ProtocolError(f"A {kind} request needs an 'id' ({REQUEST_ID_RULE}).")
-        limiter = self._state.user_limiter
-        if limiter is not None and not limiter.hit(self._address).allowed:
-            when = minutes_phrase(limiter.rule.window)
-            self._error(429, f"Too many requests, please try again after {when}.", request_id)
+        perimeter = self._state.perimeter
+        decision = perimeter.spend_user_limit(self._address)
+        if decision is not None and not decision.allowed:
+            self._error(429, perimeter.user_limit_message(), request_id)
             return
         try:
             result = await operation(self._state, user, message.get("data", {}))

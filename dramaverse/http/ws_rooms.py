@@ -50,10 +50,8 @@ from dramaverse.errors import (
     Forbidden,
     NotFound,
     ServiceUnavailable,
-    TooManyRequests,
 )
 from dramaverse.http.auth import AuthUser
-from dramaverse.http.security import minutes_phrase
 from dramaverse.http.state import AppState, RoomHostLookup
 from dramaverse.storage.base import Storage
 
@@ -125,7 +123,7 @@ class RoomLink:
         evict: Callable[[int, str], None],
     ) -> None:
         self._cluster = state.room_cluster
-        self._limiter = state.user_limiter
+        self._perimeter = state.perimeter
         self._address = address
         self._member = str(user.id)
         self._name = user.username
@@ -268,7 +266,6 @@ class RoomLink:
 
     def _spend(self) -> None:
         """Creating and joining share the per-address limit of library requests."""
-        limiter = self._limiter
-        if limiter is not None and not limiter.hit(self._address).allowed:
-            when = minutes_phrase(limiter.rule.window)
-            raise TooManyRequests(f"Too many requests, please try again after {when}.")
+        perimeter = self._perimeter
+        decision = perimeter.spend_user_limit(self._address)
+        perimeter.refuse_over_limit(decision, perimeter.user_limit_message())

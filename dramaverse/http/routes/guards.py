@@ -8,9 +8,8 @@ from typing import Any, ParamSpec, TypeVar
 
 from quart import g, request
 
-from dramaverse.errors import TooManyRequests
 from dramaverse.http.auth import AuthUser
-from dramaverse.http.security import RateDecision, client_address, minutes_phrase
+from dramaverse.http.security import RateDecision
 from dramaverse.http.state import app_state
 
 P = ParamSpec("P")
@@ -18,16 +17,15 @@ R = TypeVar("R")
 
 
 def _address() -> str:
-    settings = app_state().settings
-    return client_address(
-        request.remote_addr, request.headers.get("X-Forwarded-For"), settings.trust_proxy
+    return app_state().perimeter.address(
+        request.remote_addr, request.headers.get("X-Forwarded-For")
     )
 
 
-def _enforce(decision: RateDecision, message: str) -> None:
-    g.extra_headers = decision.headers
-    if not decision.allowed:
-        raise TooManyRequests(message)
+def _enforce(decision: RateDecision | None, message: str) -> None:
+    if decision is not None:
+        g.extra_headers = decision.headers
+    app_state().perimeter.refuse_over_limit(decision, message)
 
 
 def auth_rate_limited(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -35,13 +33,10 @@ def auth_rate_limited(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitab
 
     @wraps(handler)
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-        limiter = app_state().auth_limiter
-        if limiter is not None:  # shared by every process (SharedRateLimiter)
-            when = minutes_phrase(limiter.rule.window)
-            _enforce(
-                await limiter.hit(_address()),
-                f"Too many authentication attempts, please try again after {when}.",
-            )
+        perimeter = app_state().perimeter  # the limit is shared by every process
+        if perimeter.auth_limiter is not None:
+            decision = await perimeter.spend_auth_limit(_address())
+            _enforce(decision, perimeter.auth_limit_message())
         return await handler(*args, **kwargs)
 
     return guarded
@@ -52,12 +47,10 @@ def authenticated(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Await
 
     @wraps(handler)
     async def guarded(*args: Any, **kwargs: Any) -> Any:
-        state = app_state()
-        user: AuthUser = state.tokens.verify_header(request.headers.get("Authorization"))
-        limiter = state.user_limiter
-        if limiter is not None:
-            when = minutes_phrase(limiter.rule.window)
-            _enforce(limiter.hit(_address()), f"Too many requests, please try again after {when}.")
+        perimeter = app_state().perimeter
+        user: AuthUser = perimeter.user_from_header(request.headers.get("Authorization"))
+        if perimeter.user_limiter is not None:
+            _enforce(perimeter.spend_user_limit(_address()), perimeter.user_limit_message())
         return await handler(user, *args, **kwargs)
 
     return guarded
