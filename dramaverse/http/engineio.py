@@ -56,6 +56,7 @@ import trio
 from quart import Response
 
 from dramaverse.config import Settings
+from dramaverse.domain.close_codes import CloseCode
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +72,6 @@ MAX_SID_LENGTH = 64
 CORS_METHODS = "GET,POST,OPTIONS"
 CORS_HEADERS = "Content-Type,Authorization"
 TEXT_TYPE = "text/plain; charset=UTF-8"
-
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_HEARTBEAT_TIMEOUT = 4000
-CLOSE_SLOW_CONSUMER = 4001
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +200,7 @@ class EngineSession:
         self.address = address
         self.transport = transport
         self.close_reason: str | None = None
-        self.close_code = CLOSE_NORMAL
+        self.close_code: int = CloseCode.NORMAL
         self.closed = trio.Event()
         self.handler: SessionHandler | None = None
         self.nursery: trio.Nursery | None = None
@@ -240,11 +233,11 @@ class EngineSession:
                     self.close("handler finished")
         except Exception:
             log.exception("engine.io session %s crashed", self.sid)
-            self.close("internal error", CLOSE_INTERNAL_ERROR)
+            self.close("internal error", CloseCode.INTERNAL_ERROR)
         finally:
             self.close("session ended")
 
-    def close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
+    def close(self, reason: str, code: int = CloseCode.NORMAL) -> None:
         """End the session; the first caller's reason and code win. Never blocks."""
         if self.transport is Transport.CLOSED:
             return
@@ -274,7 +267,7 @@ class EngineSession:
         try:
             self.outbox.send_nowait(packet)
         except trio.WouldBlock:
-            self.close("slow consumer: outbox full", CLOSE_SLOW_CONSUMER)
+            self.close("slow consumer: outbox full", CloseCode.SLOW_CONSUMER)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # closed: nothing more goes out
 
@@ -290,7 +283,7 @@ class EngineSession:
             next_ping = sent_at + max(interval, timeout)
             await trio.sleep(timeout)
             if self._last_pong < sent_at:
-                self.close("ping timeout", CLOSE_HEARTBEAT_TIMEOUT)
+                self.close("ping timeout", CloseCode.HEARTBEAT_TIMEOUT)
                 return
 
     # -- packets from the client -----------------------------------------------------------
@@ -361,7 +354,7 @@ class EngineSession:
                 break
         if RECONNECT in packets:
             packets = packets[: packets.index(RECONNECT)]
-            self.close("reconnect requested", CLOSE_GOING_AWAY)
+            self.close("reconnect requested", CloseCode.GOING_AWAY)
         if self.transport is Transport.CLOSED and not self._closed_by_client:
             packets.append(CLOSE)  # the client closed: it needs no close packet, only an answer
         return SEPARATOR.join(packets) if packets else NOOP
@@ -388,7 +381,7 @@ class EngineSession:
             self.receive_payload(body)
         except PacketError as exc:
             log.info("engine.io session %s from %s: %s", self.sid, self.address, exc)
-            self.close(f"parse error: {exc}", CLOSE_PROTOCOL_ERROR)
+            self.close(f"parse error: {exc}", CloseCode.PROTOCOL_ERROR)
             raise RequestRefused(BAD_REQUEST) from None
         except Exception:
             self._crashed()
@@ -435,7 +428,7 @@ class EngineSession:
     async def _ws_writer(self, ws: Any) -> None:
         async for packet in self._receive:
             if packet is RECONNECT:
-                self.close("reconnect requested", CLOSE_GOING_AWAY)
+                self.close("reconnect requested", CloseCode.GOING_AWAY)
                 return
             await ws.send(packet)
 
@@ -446,17 +439,17 @@ class EngineSession:
             try:
                 if isinstance(data, str):
                     if len(data) > max_payload:
-                        self.close("message too large", CLOSE_TOO_BIG)
+                        self.close("message too large", CloseCode.TOO_BIG)
                         return
                     self.receive_packet(data)
                 else:
                     if len(data) > max_payload:
-                        self.close("message too large", CLOSE_TOO_BIG)
+                        self.close("message too large", CloseCode.TOO_BIG)
                         return
                     self.receive_binary(data)
             except PacketError as exc:
                 log.info("engine.io session %s from %s: %s", self.sid, self.address, exc)
-                self.close(f"parse error: {exc}", CLOSE_PROTOCOL_ERROR)
+                self.close(f"parse error: {exc}", CloseCode.PROTOCOL_ERROR)
                 return
             except Exception:
                 self._crashed()
@@ -465,4 +458,4 @@ class EngineSession:
     def _crashed(self) -> None:
         """A bug in the handler of a client's packet: log it once and end this session only."""
         log.exception("engine.io session %s from %s: handler crashed", self.sid, self.address)
-        self.close("internal error", CLOSE_INTERNAL_ERROR)
+        self.close("internal error", CloseCode.INTERNAL_ERROR)

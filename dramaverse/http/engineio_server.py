@@ -35,11 +35,10 @@ import trio
 from quart import Blueprint, Response, request, websocket
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from dramaverse.domain.close_codes import CloseCode
 from dramaverse.http.engineio import (
     BAD_HANDSHAKE_METHOD,
     BAD_REQUEST,
-    CLOSE_GOING_AWAY,
-    CLOSE_PROTOCOL_ERROR,
     CORS_HEADERS,
     CORS_METHODS,
     FORBIDDEN,
@@ -122,7 +121,7 @@ class EngineServer:
             await self._shutdown.wait()
             self.closing = True
             for session in list(self.sessions.values()):
-                session.close("server shutting down", CLOSE_GOING_AWAY)
+                session.close("server shutting down", CloseCode.GOING_AWAY)
 
     def forget(self, session: EngineSession) -> None:
         if self.sessions.get(session.sid) is session:
@@ -236,7 +235,7 @@ class EngineServer:
                 # does (its test suite's client treats a refused handshake as an error).
                 log.info("engine.io session %s: second websocket closed", session.sid)
                 await ws.accept()
-                await _close_socket(ws, CLOSE_PROTOCOL_ERROR, "session already upgrading")
+                await _close_socket(ws, CloseCode.PROTOCOL_ERROR, "session already upgrading")
                 return None
             await self._upgrade(session, ws)
             return None
@@ -263,7 +262,7 @@ class EngineServer:
             if not upgraded:  # also when cancelled: polling goes on as before
                 session.abort_upgrade()
         if not upgraded:
-            await _close_socket(ws, CLOSE_PROTOCOL_ERROR, "upgrade failed")
+            await _close_socket(ws, CloseCode.PROTOCOL_ERROR, "upgrade failed")
             return
         await self._serve(session, ws, None)
 

@@ -48,12 +48,11 @@ from quart_trio import QuartTrio
 
 from dramaverse.actors.hub import SessionGone
 from dramaverse.actors.session import Device
+from dramaverse.domain.close_codes import CloseCode
 from dramaverse.errors import DramaverseError, Unauthorized
 from dramaverse.http import engineio_server
 from dramaverse.http.auth import AuthUser
 from dramaverse.http.engineio import (
-    CLOSE_INTERNAL_ERROR,
-    CLOSE_SLOW_CONSUMER,
     RECONNECT,
     EngineConfig,
     EngineSession,
@@ -266,7 +265,7 @@ class SocketIOConnection:
                 try:
                     await hub.attach(user.id, device, resume, self._ready(socket, user, pid))
                 except SessionGone:
-                    self._session.close("session unavailable", CLOSE_INTERNAL_ERROR)
+                    self._session.close("session unavailable", CloseCode.INTERNAL_ERROR)
                     return
                 log.debug(
                     "socket.io session %s: user %d connected%s",
@@ -280,7 +279,7 @@ class SocketIOConnection:
                 self._session.push(encode_disconnect())
         except DramaverseError as exc:  # storage unavailable: the client retries later
             log.warning("socket.io connect failed: %s", exc.message)
-            self._session.close("storage unavailable", CLOSE_INTERNAL_ERROR)
+            self._session.close("storage unavailable", CloseCode.INTERNAL_ERROR)
         finally:
             if device is not None and user is not None:
                 hub.detach(user.id, device)
@@ -350,7 +349,7 @@ class SocketIOConnection:
         return head, pid
 
     def _evict(self, code: int, reason: str) -> None:
-        self._session.close(reason, code if code else CLOSE_SLOW_CONSUMER)
+        self._session.close(reason, code if code else CloseCode.SLOW_CONSUMER)
 
 
 def install(app: QuartTrio, state: AppState) -> EngineServer:

@@ -75,8 +75,8 @@ from hypercorn.typing import (
 )
 
 from dramaverse.config import MAX_WORKERS, Settings
+from dramaverse.domain.close_codes import CloseCode
 from dramaverse.http.engineio import (
-    CLOSE_GOING_AWAY,
     MAX_SID_LENGTH,
     NOOP,
     SHUTTING_DOWN,
@@ -423,11 +423,11 @@ class WorkerRouter:
                     self._relays.discard(relay)
             if relay.cancelled_caught:  # shutting down: both sides are told to reconnect
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
-                    await upstream.close(CLOSE_GOING_AWAY, "server shutting down")
+                    await upstream.close(CloseCode.GOING_AWAY, "server shutting down")
                     await send(
                         {
                             "type": "websocket.close",
-                            "code": CLOSE_GOING_AWAY,
+                            "code": CloseCode.GOING_AWAY,
                             "reason": "server shutting down",
                         }
                     )

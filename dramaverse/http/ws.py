@@ -39,6 +39,7 @@ from hypercorn.typing import (
 
 from dramaverse.actors.hub import SessionGone
 from dramaverse.actors.session import Device
+from dramaverse.domain.close_codes import CloseCode
 from dramaverse.domain.jsjson import unstorable_text
 from dramaverse.domain.numbers import REQUEST_ID_RULE, is_request_id
 from dramaverse.errors import Conflict, DramaverseError, ServiceUnavailable, Unauthorized
@@ -56,17 +57,6 @@ PROTOCOL = "dramaverse.v1"
 TOKEN_PROTOCOL_PREFIX = "dramaverse.token."
 MAX_SEQ = 2**63 - 1  # the largest event seq storage holds (a signed 64-bit integer)
 ERROR_WINDOW_SECONDS = 10.0
-
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_HEARTBEAT_TIMEOUT = 4000
-CLOSE_AUTH_FAILED = 4100
-CLOSE_TOKEN_EXPIRED = 4101
-CLOSE_HELLO_TIMEOUT = 4102
-CLOSE_ABUSE = 4103
-CLOSE_SLOW = 4001
 
 
 def _dumps(value: Any) -> str:
@@ -174,7 +164,7 @@ async def native_socket(
     socket = AsgiSocket(receive, send)
     if offered and PROTOCOL not in offered:
         await send({"type": "websocket.accept", "subprotocol": None, "headers": []})
-        await socket.close(CLOSE_PROTOCOL_ERROR, f"subprotocol {PROTOCOL} required")
+        await socket.close(CloseCode.PROTOCOL_ERROR, f"subprotocol {PROTOCOL} required")
         return
     await send(
         {"type": "websocket.accept", "subprotocol": PROTOCOL if offered else None, "headers": []}
@@ -223,20 +213,22 @@ class NativeConnection:
         try:
             self._outbox.send_nowait(frame)
         except trio.WouldBlock:
-            self.close(CLOSE_SLOW, "slow consumer: outbox full")
+            self.close(CloseCode.SLOW_CONSUMER, "slow consumer: outbox full")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.close(CLOSE_NORMAL, "")
+            self.close(CloseCode.NORMAL, "")
 
     async def run(self) -> None:
         try:
             with self._scope:
                 await self._serve()
         finally:
-            code, reason = self._close or (CLOSE_NORMAL, "")
+            code, reason = self._close or (CloseCode.NORMAL, "")
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 try:
-                    if code != CLOSE_SLOW:  # a slow consumer would not take them anyway
+                    if (
+                        code != CloseCode.SLOW_CONSUMER
+                    ):  # a slow consumer would not take them anyway
                         await self._flush()
                     await self._ws.close(code, reason)
                 except Exception:  # the peer may already be gone
@@ -286,12 +278,12 @@ class NativeConnection:
                     try:  # ready, then the replay of what it missed, at the device's pace
                         await hub.attach(user.id, device, resume, self._ready_frame(user))
                     except SessionGone:
-                        self.close(CLOSE_INTERNAL_ERROR, "session unavailable; reconnect")
+                        self.close(CloseCode.INTERNAL_ERROR, "session unavailable; reconnect")
                         return
                     nursery.start_soon(self._heartbeat)
                     await self._reader(user)
                 if expiry.cancelled_caught:
-                    self.close(CLOSE_TOKEN_EXPIRED, "token expired")
+                    self.close(CloseCode.TOKEN_EXPIRED, "token expired")
                 nursery.cancel_scope.cancel()
         finally:
             rooms.close()
@@ -303,10 +295,10 @@ class NativeConnection:
             try:
                 raw = await self._ws.receive()
             except PeerGone:
-                self.close(CLOSE_NORMAL, "")
+                self.close(CloseCode.NORMAL, "")
                 return None
         if raw is None:
-            self.close(CLOSE_HELLO_TIMEOUT, "no hello in time")
+            self.close(CloseCode.HELLO_TIMEOUT, "no hello in time")
             return None
         try:
             message = self._parse(raw)
@@ -323,27 +315,27 @@ class NativeConnection:
             if token is not None and not isinstance(token, str):
                 raise ProtocolError("hello.token must be a string.")
         except ProtocolError as exc:
-            self.close(CLOSE_AUTH_FAILED, exc.message)
+            self.close(CloseCode.AUTH_FAILED, exc.message)
             return None
         return message
 
     async def _authenticate(self, hello: dict[str, Any]) -> AuthUser | None:
         token = hello.get("token") or self._token
         if not token:
-            self.close(CLOSE_AUTH_FAILED, "Authentication token required")
+            self.close(CloseCode.AUTH_FAILED, "Authentication token required")
             return None
         try:
             user = self._state.perimeter.user_from_token(token)
         except Unauthorized as exc:
-            self.close(CLOSE_AUTH_FAILED, exc.message)
+            self.close(CloseCode.AUTH_FAILED, exc.message)
             return None
         try:
             exists = await self._state.storage.user_exists(user.id)
         except ServiceUnavailable:  # the database is down: come back later, with resume
-            self.close(CLOSE_INTERNAL_ERROR, "database unavailable; reconnect with backoff")
+            self.close(CloseCode.INTERNAL_ERROR, "database unavailable; reconnect with backoff")
             return None
         if not exists:
-            self.close(CLOSE_AUTH_FAILED, "Invalid or expired token")
+            self.close(CloseCode.AUTH_FAILED, "Invalid or expired token")
             return None
         return user
 
@@ -371,7 +363,7 @@ class NativeConnection:
 
     async def _watch_shutdown(self) -> None:
         await self._state.shutdown.wait()
-        self.close(CLOSE_GOING_AWAY, "server shutting down")
+        self.close(CloseCode.GOING_AWAY, "server shutting down")
 
     async def _heartbeat(self) -> None:
         """Ping every ``interval``; close if nothing came back within ``timeout`` of a ping.
@@ -391,7 +383,7 @@ class NativeConnection:
             next_ping = sent_at + max(interval, timeout)
             await trio.sleep(timeout)
             if self._last_seen < sent_at:
-                self.close(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
+                self.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
                 return
 
     async def _reader(self, user: AuthUser) -> None:
@@ -399,7 +391,7 @@ class NativeConnection:
             try:
                 raw = await self._ws.receive()
             except PeerGone:
-                self.close(CLOSE_NORMAL, "")
+                self.close(CloseCode.NORMAL, "")
                 return
             self._last_seen = trio.current_time()
             try:
@@ -411,7 +403,7 @@ class NativeConnection:
                 # answered (an error frame, then 1011 so the client reconnects) and logged once.
                 log.exception("native socket of user %s failed on a frame; closing it", user.id)
                 self._error(500, "Internal server error; reconnect and resume.")
-                self.close(CLOSE_INTERNAL_ERROR, "internal error")
+                self.close(CloseCode.INTERNAL_ERROR, "internal error")
                 return
 
     def _error(self, status: int, message: str, request_id: object = None, **extra: Any) -> None:
@@ -430,7 +422,7 @@ class NativeConnection:
             while self._errors and self._errors[0] < now - ERROR_WINDOW_SECONDS:
                 self._errors.popleft()
             if len(self._errors) > self._settings.ws_max_errors:
-                self.close(CLOSE_ABUSE, "too many invalid messages")
+                self.close(CloseCode.ABUSE, "too many invalid messages")
 
     @staticmethod
     def _parse(raw: str | bytes) -> dict[str, Any]:
@@ -482,7 +474,7 @@ class NativeConnection:
             result = await operation(self._state, user, message.get("data", {}))
         except Unauthorized as exc:
             self._error(exc.status, exc.message, request_id)
-            self.close(CLOSE_AUTH_FAILED, exc.message)
+            self.close(CloseCode.AUTH_FAILED, exc.message)
             return
         except DramaverseError as exc:
             extra = exc.extra if isinstance(exc, Conflict) else {}
