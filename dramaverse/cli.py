@@ -15,7 +15,7 @@ import trio
 
 from dramaverse.config import Settings, load_settings
 from dramaverse.domain.records import RecordError, validate_record
-from dramaverse.errors import ConfigError, DramaverseError
+from dramaverse.errors import ConfigError, DramaverseError, lone_error
 from dramaverse.storage import open_storage
 
 log = logging.getLogger("dramaverse")
@@ -125,7 +125,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     try:
         trio.run(lambda: runtime.serve(settings, handle_signals=True, tune_collector=True))
     except BaseExceptionGroup as group:  # a start-up error raised through the nurseries
-        error = supervisor.lone_error(group)
+        error = lone_error(group)
         if error is group:
             raise
         raise error from None

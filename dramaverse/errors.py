@@ -86,3 +86,14 @@ class ServiceUnavailable(DramaverseError):
 
 class StorageUnavailable(ServiceUnavailable):
     """The database is unreachable; requests get 503 and may be retried."""
+
+
+def lone_error(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member exception groups, or ``exc`` itself.
+
+    Nurseries (Trio's, trio-asyncio's) wrap an error raised through them in a group per
+    nursery; a start-up error should still reach the command line as the error it is.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

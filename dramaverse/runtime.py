@@ -33,8 +33,9 @@ from dramaverse.actors.catalog import CatalogKeeper
 from dramaverse.actors.hub import open_hub, run_event_pruner
 from dramaverse.actors.room_cluster import open_room_cluster
 from dramaverse.broker import open_broker
+from dramaverse.cluster.worker import worker_app, worker_binds
 from dramaverse.config import Settings
-from dramaverse.errors import DramaverseError
+from dramaverse.errors import DramaverseError, lone_error
 from dramaverse.http import (
     boundary,
     compression,
@@ -53,7 +54,6 @@ from dramaverse.http.ws import PATH as NATIVE_PATH
 from dramaverse.http.ws import NativeSocketEndpoint
 from dramaverse.http.ws_rooms import room_host_lookup
 from dramaverse.storage import open_storage
-from dramaverse.supervisor import lone_error, worker_app, worker_binds
 
 log = logging.getLogger(__name__)
 

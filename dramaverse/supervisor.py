@@ -54,32 +54,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import trio
 
 from dramaverse.config import MAX_WORKERS, Settings
-from dramaverse.errors import ConfigError, DramaverseError, ServiceUnavailable
+from dramaverse.errors import ConfigError, DramaverseError, ServiceUnavailable, lone_error
 from dramaverse.storage import open_storage
 from dramaverse.worker_status import CrashLoop, StatusWriter, status_path
 
 if TYPE_CHECKING:
-    from hypercorn.typing import (
-        ASGIFramework,
-        ASGIReceiveCallable,
-        ASGISendCallable,
-        ASGISendEvent,
-        Scope,
-    )
-
     from dramaverse.runtime import ServerHandle
 
 log = logging.getLogger(__name__)
 
 EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: a backend was unreachable; try again later
 SPAWN_FAILED = 127  # the status we record when a worker could not even be started
-WORKER_HEADER = b"x-dramaverse-worker"
 LISTEN_BACKLOG = 100  # Hypercorn's default; every worker re-applies its own
 STOP_MARGIN = 3.0  # beyond the shutdown grace, before the supervisor kills a worker
 KILL_WAIT = 5.0
@@ -141,17 +132,6 @@ def socket_paths(settings: Settings) -> list[Path]:
             "socket allows: set WORKER_SOCKET_DIR to a shorter directory, like /run/dramaverse."
         )
     return paths
-
-
-def lone_error(exc: BaseException) -> BaseException:
-    """The one exception inside nested single-member exception groups, or ``exc`` itself.
-
-    Nurseries (Trio's, trio-asyncio's) wrap an error raised through them in a group per
-    nursery; a start-up error should still reach the command line as the error it is.
-    """
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 # -- the supervisor side ----------------------------------------------------------------------
@@ -444,56 +424,6 @@ def _describe_exit(code: int) -> str:
 
 
 # -- the worker side --------------------------------------------------------------------------
-
-
-def worker_binds(settings: Settings) -> list[str] | None:
-    """Hypercorn binds of a worker: the inherited socket and its private Unix socket."""
-    if settings.worker_id is None:
-        return None
-    return [f"fd://{settings.worker_listen_fd}", f"unix:{settings.worker_socket_path}"]
-
-
-def worker_app(settings: Settings, app: ASGIFramework) -> ASGIFramework:
-    """In a worker, ``app`` behind :class:`WorkerHeader`; otherwise ``app`` itself."""
-    if settings.worker_id is None:
-        return app
-    return WorkerHeader(app, settings.worker_id)
-
-
-class WorkerHeader:
-    """ASGI middleware: every response and WebSocket handshake names the worker that served it.
-
-    ``X-Dramaverse-Worker: <id>`` lets an operator (and the tests) see which process answered
-    through the shared port, without any per-request work beyond appending one header. A
-    Socket.IO answer relayed from another worker (``http/worker_routing.py``) keeps that
-    worker's header in front of ours: ``1, 0`` is "served by 1, relayed by 0".
-    """
-
-    def __init__(self, app: ASGIFramework, worker_id: int) -> None:
-        self._app = app
-        self._header = (WORKER_HEADER, str(worker_id).encode())
-
-    async def __call__(
-        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
-    ) -> None:
-        if scope["type"] == "lifespan":
-            await self._app(scope, receive, send)
-            return
-        header = self._header
-
-        async def send_with_header(message: ASGISendEvent) -> None:
-            if message["type"] in (
-                "http.response.start",
-                "websocket.accept",
-                "websocket.http.response.start",
-            ):
-                # The app's own headers stay as they are (Quart may reuse the list).
-                event = cast(dict[str, Any], message)
-                headers = [*event.get("headers", ()), header]
-                message = cast("ASGISendEvent", {**event, "headers": headers})
-            await send(message)
-
-        await self._app(scope, receive, send_with_header)
 
 
 def run_worker(settings: Settings) -> int:
