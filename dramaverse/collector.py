@@ -18,25 +18,52 @@ that survives a young collection turns into cyclic garbage here (the middle coll
 those runs freed 0 objects, once 1,296), so collecting the older generations rarely costs
 memory that reference counting would not free anyway.
 Everything allocated during start-up is frozen out of the collector's sight first.
+
+These figures hold for CPython's three-generation collector as in 3.11-3.13
+(:data:`MEASURED_ON`). On another interpreter (PyPy has no generations to set; CPython 3.14
+changed to an incremental collector whose thresholds mean something else) :func:`tune` logs one
+warning and leaves the collector as it is, and the runtime does not pace it.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
+import sys
 from collections.abc import Callable
 
 import trio
+
+log = logging.getLogger(__name__)
 
 YOUNG_SECONDS = 0.25
 MIDDLE_EVERY = 1200  # young collections per middle one: 5 minutes
 FULL_EVERY = 6  # middle collections per full one: 30 minutes
 THRESHOLD_YOUNG = 20_000  # allocations that trigger a young collection between the timed ones
 _NEVER = 1 << 30  # the older generations are collected on time only
+MEASURED_ON = ("cpython", (3, 11), (3, 13))  # implementation, first and last minor version
 
 
-def tune() -> tuple[int, int, int]:
+def tune(
+    *,
+    implementation: str = sys.implementation.name,
+    version: tuple[int, int] = (sys.version_info.major, sys.version_info.minor),
+) -> tuple[int, int, int] | None:
     """Freeze what start-up allocated and hand the older generations to :func:`pace`;
-    returns the previous thresholds."""
+    returns the previous thresholds. On an interpreter other than :data:`MEASURED_ON` (the
+    defaults describe this one) it changes nothing, logs one warning and returns None."""
+    name, first, last = MEASURED_ON
+    if implementation != name or not first <= version <= last:
+        log.warning(
+            "Garbage collector left as it is: its pacing was measured on %s %d.%d-%d.%d, "
+            "not on %s %d.%d.",
+            name,
+            *first,
+            *last,
+            implementation,
+            *version,
+        )
+        return None
     previous = gc.get_threshold()
     gc.collect()
     gc.freeze()

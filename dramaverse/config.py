@@ -3,6 +3,13 @@
 Names follow the original Node server (PORT, JWT_SECRET, CORS_ALLOWED_ORIGINS, SOCKET_IO_PATH,
 REDIS_URL) plus our own. Real environment variables win over ``.env``. Any invalid value raises
 :class:`~dramaverse.errors.ConfigError` with one line that names the variable.
+
+Each setting is declared once, as a field of :class:`Settings` built by one of the declaration
+helpers below (``integer``, ``number``, ``flag``, ``rate``, ``text``): the environment
+variable's name, the default, the bounds, how a value is checked, and one line saying what it
+sets. :func:`load_settings` reads every declared field in order, then checks the few rules that
+span several settings. :func:`declared_settings` lists the declarations; ``tests/test_config.py``
+checks the settings tables of README.md and docs/*.md against it, so the docs cannot drift.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +33,7 @@ MIN_SECRET_LENGTH = 32
 DEFAULT_ORIGINS = ("http://localhost:5173", "http://127.0.0.1:5173")
 SECRET_FILE_NAME = "jwt_secret"
 ENVIRONMENTS = ("development", "production", "test")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_WORKERS = 64
 
 
@@ -42,77 +50,375 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class Setting:
+    """One environment variable: name, kind, default, bounds and meaning.
+
+    ``parse`` turns a non-blank value into the setting's value or raises ConfigError naming the
+    variable; an unset or blank variable is the default. ``shown`` is the default as the docs
+    write it when the value alone does not say it (``unset``, ``<data dir>/workers``).
+    """
+
+    name: str
+    kind: str
+    default: Any
+    doc: str
+    parse: Callable[[str], Any]
+    low: float | None = None
+    high: float | None = None
+    shown: str | None = None
+
+    def read(self, raw: str | None) -> Any:
+        return self.default if raw is None else self.parse(raw)
+
+    @property
+    def documented_default(self) -> str:
+        """The default as the settings tables of README.md and docs/*.md write it."""
+        if self.shown is not None:
+            return self.shown
+        value = self.default
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, RateLimit):
+            return f"{value.limit}/{int(value.window)}"
+        if isinstance(value, float):
+            return f"{value:g}"
+        if isinstance(value, tuple):
+            return ",".join(value)
+        return str(value)
+
+
+_SETTING = "dramaverse.setting"
+
+
+def _declare(setting: Setting) -> Any:
+    return field(default=setting.default, metadata={_SETTING: setting})
+
+
+def integer(name: str, default: int, low: int, high: int, doc: str, *, shown: str = "") -> Any:
+    """A whole number from ``low`` to ``high``."""
+    return _declare(
+        Setting(
+            name,
+            "integer",
+            default,
+            doc,
+            lambda raw: _int(raw, name, default, low, high),
+            low,
+            high,
+            shown or None,
+        )
+    )
+
+
+def number(name: str, default: float, low: float, high: float, doc: str) -> Any:
+    """A number from ``low`` to ``high`` (seconds, unless ``doc`` says otherwise)."""
+    return _declare(
+        Setting(
+            name,
+            "number",
+            default,
+            doc,
+            lambda raw: _float(raw, name, default, low, high),
+            low,
+            high,
+        )
+    )
+
+
+def flag(name: str, default: bool, doc: str) -> Any:
+    """true/yes/on/1 or false/no/off/0."""
+    return _declare(Setting(name, "flag", default, doc, lambda raw: _bool(raw, name, default)))
+
+
+def rate(name: str, default: RateLimit, doc: str, *, can_be_off: bool = True) -> Any:
+    """COUNT/SECONDS, or ``off`` (None) when ``can_be_off``."""
+
+    def parse(raw: str) -> RateLimit | None:
+        value = _rate_limit(raw, name, default)
+        if value is None and not can_be_off:
+            raise ConfigError(f"{name} must be COUNT/SECONDS like 10/10; it cannot be off.")
+        return value
+
+    return _declare(Setting(name, "rate", default, doc, parse))
+
+
+def text(
+    name: str, default: Any, doc: str, *, parse: Callable[[str], Any] = str, shown: str = ""
+) -> Any:
+    """Anything else: a string, a path, a list; ``parse`` checks it."""
+    return _declare(Setting(name, "text", default, doc, parse, shown=shown or None))
+
+
+def declared_settings() -> tuple[Setting, ...]:
+    """Every environment variable :func:`load_settings` reads, in the order it reads them."""
+    return tuple(
+        f.metadata[_SETTING] for f in dataclasses.fields(Settings) if _SETTING in f.metadata
+    )
+
+
+def _environment(raw: str) -> str:
+    if raw not in ENVIRONMENTS:
+        raise ConfigError(f"DRAMAVERSE_ENV must be one of {', '.join(ENVIRONMENTS)}, not {raw!r}.")
+    return raw
+
+
+def _database_url(raw: str) -> str:
+    _check_database_url(raw)
+    return raw
+
+
+def _jwt_secret(raw: str) -> str:
+    _check_secret(raw, "JWT_SECRET")
+    return raw
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(o.strip() for o in raw.split(",") if o.strip())
+    for origin in origins:
+        _check_origin(origin)
+    return origins
+
+
+def _socket_io_path(raw: str) -> str:
+    if not (raw.startswith("/") and raw.endswith("/")) or len(raw) < 3:
+        raise ConfigError(
+            f"SOCKET_IO_PATH must start and end with '/', like /socket.io/ (got {raw!r})."
+        )
+    return raw
+
+
+def _redis_url(raw: str) -> str:
+    if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"REDIS_URL must be a redis://, rediss:// or unix:// URL (got {raw!r}).")
+    _check_redis_url(raw)
+    return raw
+
+
+def _redis_prefix(raw: str) -> str:
+    if len(raw) > 64 or not re.fullmatch(r"[A-Za-z0-9_.:{}-]+", raw):
+        raise ConfigError(
+            "REDIS_PREFIX must be 1 to 64 letters, digits or _.:{}- like dramaverse: "
+            f"(got {raw!r})."
+        )
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(
+            f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL (got {level!r})."
+        )
+    return level
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
-    env: str = "development"
-    host: str = "0.0.0.0"
-    port: int = 3001
-    data_dir: Path = Path("data")
-    database_url: str = ""
-    database_pool_size: int = 10
-    jwt_secret: str | None = None
-    jwt_ttl_seconds: int = 24 * 3600
-    cors_allowed_origins: tuple[str, ...] = DEFAULT_ORIGINS
-    socket_io_path: str = "/socket.io/"
-    redis_url: str | None = None
-    redis_prefix: str = "dramaverse:"
-    redis_reconnect_max_seconds: float = 10.0
-    trust_proxy: int = 0
-    rate_limit_auth: RateLimit | None = RateLimit(10, 30 * 60)
-    rate_limit_user: RateLimit | None = RateLimit(200, 15 * 60)
-    max_body_bytes: int = 100 * 1024
-    bcrypt_rounds: int = 12
-    catalog_poll_seconds: float = 2.0
-    shutdown_grace_seconds: float = 10.0
-    log_level: str = "INFO"
-    access_log: bool = False
-    ws_heartbeat_interval: float = 25.0
-    ws_heartbeat_timeout: float = 10.0
-    ws_auth_timeout: float = 10.0
-    ws_outbox_size: int = 256
-    ws_max_message_bytes: int = 64 * 1024
-    ws_max_errors: int = 20
-    ws_direct: bool = True
-    session_grace_seconds: float = 5.0
-    event_retention_count: int = 1000
-    event_retention_seconds: int = 7 * 86400
-    event_prune_seconds: float = 300.0
+    """Every setting of a process; fields declared with a helper are read from the environment."""
+
+    env: str = text(
+        "DRAMAVERSE_ENV", "development", "development, production or test", parse=_environment
+    )
+    host: str = text("HOST", "0.0.0.0", "listening address")
+    port: int = integer("PORT", 3001, 0, 65535, "listening port")
+    data_dir: Path = text(
+        "DRAMAVERSE_DATA_DIR",
+        Path("data"),
+        "where the SQLite file and the development secret live",
+        parse=Path,
+        shown="./data",
+    )
+    # Empty until load_settings derives it from data_dir.
+    database_url: str = text(
+        "DATABASE_URL",
+        "",
+        "sqlite:/// or postgresql:// URL of the database",
+        parse=_database_url,
+        shown="sqlite:///<data dir>/dramaverse.db",
+    )
+    database_pool_size: int = integer(
+        "DATABASE_POOL_SIZE", 10, 1, 100, "PostgreSQL connections per process"
+    )
+    jwt_secret: str | None = text(
+        "JWT_SECRET",
+        None,
+        "HS256 signing secret, at least 32 characters",
+        parse=_jwt_secret,
+        shown="generated in development",
+    )
+    jwt_ttl_seconds: int = integer("JWT_TTL_SECONDS", 24 * 3600, 60, 366 * 86400, "token lifetime")
+    cors_allowed_origins: tuple[str, ...] = text(
+        "CORS_ALLOWED_ORIGINS",
+        DEFAULT_ORIGINS,
+        "comma-separated origins allowed to call the API",
+        parse=_origins,
+    )
+    socket_io_path: str = text(
+        "SOCKET_IO_PATH", "/socket.io/", "path of the Socket.IO endpoint", parse=_socket_io_path
+    )
+    redis_url: str | None = text(
+        "REDIS_URL", None, "Redis for fan-out and leases", parse=_redis_url, shown="unset"
+    )
+    redis_prefix: str = text(
+        "REDIS_PREFIX", "dramaverse:", "prefix of every Redis channel and key", parse=_redis_prefix
+    )
+    redis_reconnect_max_seconds: float = number(
+        "REDIS_RECONNECT_MAX_SECONDS", 10.0, 0.1, 600, "longest wait between reconnections"
+    )
+    trust_proxy: int = text(
+        "TRUST_PROXY",
+        0,
+        "proxy hops whose X-Forwarded-For is trusted",
+        parse=lambda raw: _trust_proxy(raw),  # a lambda: _trust_proxy is defined below
+        shown="off",
+    )
+    rate_limit_auth: RateLimit | None = rate(
+        "RATE_LIMIT_AUTH", RateLimit(10, 30 * 60), "/api/auth/* requests per window per address"
+    )
+    rate_limit_user: RateLimit | None = rate(
+        "RATE_LIMIT_USER", RateLimit(200, 15 * 60), "/api/user/* requests per window per address"
+    )
+    max_body_bytes: int = integer(
+        "MAX_BODY_BYTES", 100 * 1024, 1024, 16 << 20, "request body limit (413 above it)"
+    )
+    bcrypt_rounds: int = integer("BCRYPT_ROUNDS", 12, 4, 16, "bcrypt cost for new passwords")
+    catalog_poll_seconds: float = number(
+        "CATALOG_POLL_SECONDS", 2.0, 0.05, 3600, "how often to look for a newly seeded catalog"
+    )
+    shutdown_grace_seconds: float = number(
+        "SHUTDOWN_GRACE_SECONDS", 10.0, 0.0, 600, "how long requests in flight may finish"
+    )
+    log_level: str = text("LOG_LEVEL", "INFO", "logging level", parse=_log_level)
+    access_log: bool = flag("ACCESS_LOG", False, "log every request")
+    # The native WebSocket protocol (docs/protocol.md, "Settings")
+    ws_direct: bool = flag("WS_DIRECT", True, "serve WebSockets on our own WebSocket layer")
+    ws_heartbeat_interval: float = number(
+        "WS_HEARTBEAT_INTERVAL", 25.0, 0.05, 3600, "seconds between server pings"
+    )
+    ws_heartbeat_timeout: float = number(
+        "WS_HEARTBEAT_TIMEOUT", 10.0, 0.05, 3600, "seconds a client may stay silent after a ping"
+    )
+    ws_auth_timeout: float = number("WS_AUTH_TIMEOUT", 10.0, 0.05, 600, "seconds to send hello")
+    ws_outbox_size: int = integer(
+        "WS_OUTBOX_SIZE", 256, 1, 100_000, "frames queued per device before it is evicted"
+    )
+    ws_max_message_bytes: int = integer(
+        "WS_MAX_MESSAGE_BYTES", 64 * 1024, 1024, 16 << 20, "largest frame accepted"
+    )
+    ws_max_errors: int = integer(
+        "WS_MAX_ERRORS", 20, 1, 100_000, "invalid frames tolerated per 10 s"
+    )
+    session_grace_seconds: float = number(
+        "SESSION_GRACE_SECONDS", 5.0, 0.0, 3600, "how long a session outlives its last connection"
+    )
+    event_retention_count: int = integer(
+        "EVENT_RETENTION_COUNT", 1000, 1, 10_000_000, "library events kept per user for resume"
+    )
+    event_retention_seconds: int = integer(
+        "EVENT_RETENTION_SECONDS", 7 * 86400, 1, 10 * 365 * 86400, "older events are pruned"
+    )
+    event_prune_seconds: float = number(
+        "EVENT_PRUNE_SECONDS", 300.0, 0.05, 86400, "how often pruning runs"
+    )
     # Socket.IO compatibility (docs/socketio.md)
-    socket_io_ping_interval: float = 25.0
-    socket_io_ping_timeout: float = 20.0
-    socket_io_max_payload: int = 64 * 1024
-    socket_io_connect_timeout: float = 10.0
-    socket_io_recovery_seconds: int = 24 * 3600
+    socket_io_ping_interval: float = number(
+        "SOCKET_IO_PING_INTERVAL", 25.0, 0.05, 3600, "seconds between server pings"
+    )
+    socket_io_ping_timeout: float = number(
+        "SOCKET_IO_PING_TIMEOUT", 20.0, 0.05, 3600, "seconds a pong may take"
+    )
+    socket_io_max_payload: int = integer(
+        "SOCKET_IO_MAX_PAYLOAD", 64 * 1024, 1024, 16 << 20, "largest POST body or message, bytes"
+    )
+    socket_io_connect_timeout: float = number(
+        "SOCKET_IO_CONNECT_TIMEOUT", 10.0, 0.05, 600, "seconds without a connected socket"
+    )
+    socket_io_recovery_seconds: int = integer(
+        "SOCKET_IO_RECOVERY_SECONDS", 24 * 3600, 0, 366 * 86400, "lifetime of a recovery pid"
+    )
     # Watch parties (docs/watch-parties.md explains every default)
-    watch_lead_min_seconds: float = 0.3
-    watch_lead_max_seconds: float = 3.0
-    watch_drift_nudge_seconds: float = 0.04
-    watch_drift_seek_seconds: float = 0.5
-    watch_drift_max_nudge: float = 0.08
-    watch_barrier_seconds: float = 8.0
-    watch_host_grace_seconds: float = 15.0
-    watch_reconnect_grace_seconds: float = 60.0
-    watch_empty_room_seconds: float = 30.0
-    watch_chat_max_length: int = 500
-    watch_chat_rate: RateLimit = RateLimit(10, 10)
-    watch_history_size: int = 50
-    watch_max_members: int = 50
-    watch_report_seconds: float = 2.0
-    watch_report_relaxed_seconds: float = 6.0
+    watch_lead_min_seconds: float = number(
+        "WATCH_LEAD_MIN_SECONDS", 0.3, 0.0, 10, "shortest lead of a scheduled start"
+    )
+    watch_lead_max_seconds: float = number(
+        "WATCH_LEAD_MAX_SECONDS", 3.0, 0.0, 30, "longest lead of a scheduled start"
+    )
+    watch_drift_nudge_seconds: float = number(
+        "WATCH_DRIFT_NUDGE_SECONDS", 0.04, 0.001, 10, "drift corrected by a rate nudge"
+    )
+    watch_drift_seek_seconds: float = number(
+        "WATCH_DRIFT_SEEK_SECONDS", 0.5, 0.01, 600, "drift corrected by a seek"
+    )
+    watch_drift_max_nudge: float = number(
+        "WATCH_DRIFT_MAX_NUDGE", 0.08, 0.001, 0.5, "largest rate change of a nudge (fraction)"
+    )
+    watch_barrier_seconds: float = number(
+        "WATCH_BARRIER_SECONDS", 8.0, 0.1, 600, "how long a room waits for a stalled member"
+    )
+    watch_host_grace_seconds: float = number(
+        "WATCH_HOST_GRACE_SECONDS", 15.0, 0.0, 3600, "how long an absent host keeps the role"
+    )
+    watch_reconnect_grace_seconds: float = number(
+        "WATCH_RECONNECT_GRACE_SECONDS", 60.0, 0.0, 86400, "how long a member keeps its place"
+    )
+    watch_empty_room_seconds: float = number(
+        "WATCH_EMPTY_ROOM_SECONDS", 30.0, 0.0, 86400, "how long an empty room lives"
+    )
+    watch_chat_max_length: int = integer(
+        "WATCH_CHAT_MAX_LENGTH", 500, 1, 10_000, "longest chat line, characters"
+    )
+    watch_chat_rate: RateLimit = rate(
+        "WATCH_CHAT_RATE", RateLimit(10, 10), "chat lines or reactions per window", can_be_off=False
+    )
+    watch_history_size: int = integer(
+        "WATCH_HISTORY_SIZE", 50, 0, 1000, "chat lines a joiner receives"
+    )
+    watch_max_members: int = integer("WATCH_MAX_MEMBERS", 50, 1, 1000, "members per room")
+    watch_report_seconds: float = number(
+        "WATCH_REPORT_SECONDS", 2.0, 0.1, 60, "how often members report their position"
+    )
+    watch_report_relaxed_seconds: float = number(
+        "WATCH_REPORT_RELAXED_SECONDS", 6.0, 0.0, 300, "the report pace of a steady member"
+    )
     # Watch parties across processes (docs/watch-parties.md, "Several processes")
-    watch_lease_seconds: float = 6.0
-    watch_relay_beat_seconds: float = 1.0
-    watch_relay_silence_seconds: float = 3.0
-    watch_relay_timeout_seconds: float = 5.0
+    watch_lease_seconds: float = number(
+        "WATCH_LEASE_SECONDS", 6.0, 0.5, 120, "how long a dead owner's rooms stay put"
+    )
+    watch_relay_beat_seconds: float = number(
+        "WATCH_RELAY_BEAT_SECONDS", 1.0, 0.05, 30, "heartbeat of a relayed route"
+    )
+    watch_relay_silence_seconds: float = number(
+        "WATCH_RELAY_SILENCE_SECONDS", 3.0, 0.1, 120, "silence after which an owner may be dead"
+    )
+    watch_relay_timeout_seconds: float = number(
+        "WATCH_RELAY_TIMEOUT_SECONDS", 5.0, 0.1, 300, "when an unvouched relayed member is dropped"
+    )
     # /api/player/status and room snapshots (docs/player-status.md)
-    player_status_ttl_seconds: int = 60
-    player_status_keep: int = 5
-    player_status_rate: RateLimit | None = RateLimit(120, 60)
-    room_snapshot_retention_seconds: int = 86400
-    room_snapshot_delay_seconds: float = 1.0
-    # Worker processes (docs/scaling.md): WORKERS and WORKER_SOCKET_DIR come from the
-    # environment; worker_id and worker_listen_fd are set by the supervisor for each worker.
-    workers: int = 1
-    worker_socket_dir: Path | None = None
+    player_status_ttl_seconds: int = integer(
+        "PLAYER_STATUS_TTL_SECONDS", 60, 1, 86400, "statuses older than this are not returned"
+    )
+    player_status_keep: int = integer(
+        "PLAYER_STATUS_KEEP", 5, 1, 100, "statuses kept per user and room"
+    )
+    player_status_rate: RateLimit | None = rate(
+        "PLAYER_STATUS_RATE", RateLimit(120, 60), "requests per window per user and endpoint"
+    )
+    room_snapshot_retention_seconds: int = integer(
+        "ROOM_SNAPSHOT_RETENTION_SECONDS", 86400, 60, 366 * 86400, "unsaved snapshots pruned after"
+    )
+    room_snapshot_delay_seconds: float = number(
+        "ROOM_SNAPSHOT_DELAY_SECONDS", 1.0, 0.0, 60, "delay of a snapshot after a change"
+    )
+    # Worker processes (docs/scaling.md). worker_id and worker_listen_fd are not read from the
+    # environment: the supervisor sets them for each worker.
+    workers: int = integer("WORKERS", 1, 1, MAX_WORKERS, "worker processes for serve")
+    worker_socket_dir: Path | None = text(
+        "WORKER_SOCKET_DIR",
+        None,
+        "where each worker's private unix socket lives",
+        parse=Path,
+        shown="<data dir>/workers",
+    )
     worker_id: int | None = None
     worker_listen_fd: int | None = None
 
@@ -170,199 +476,20 @@ def load_settings(
         value = value.strip()
         return value or None
 
-    mode = get("DRAMAVERSE_ENV") or "development"
-    if mode not in ENVIRONMENTS:
-        raise ConfigError(f"DRAMAVERSE_ENV must be one of {', '.join(ENVIRONMENTS)}, not {mode!r}.")
-    data_dir = Path(get("DRAMAVERSE_DATA_DIR") or "data")
-    database_url = get("DATABASE_URL") or f"sqlite:///{data_dir / 'dramaverse.db'}"
-    _check_database_url(database_url)
-
-    secret = get("JWT_SECRET")
-    if secret is not None:
-        _check_secret(secret, "JWT_SECRET")
-    elif mode == "production":
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        if _SETTING in f.metadata:
+            values[f.name] = f.metadata[_SETTING].read(get(f.metadata[_SETTING].name))
+    if not values["database_url"]:
+        values["database_url"] = f"sqlite:///{values['data_dir'] / 'dramaverse.db'}"
+    if values["jwt_secret"] is None and values["env"] == "production":
         raise ConfigError("JWT_SECRET is required when DRAMAVERSE_ENV=production.")
-
-    origins: tuple[str, ...] = DEFAULT_ORIGINS
-    raw_origins = get("CORS_ALLOWED_ORIGINS")
-    if raw_origins is not None:
-        origins = tuple(o.strip() for o in raw_origins.split(",") if o.strip())
-        for origin in origins:
-            _check_origin(origin)
-
-    socket_io_path = get("SOCKET_IO_PATH") or "/socket.io/"
-    if (
-        not (socket_io_path.startswith("/") and socket_io_path.endswith("/"))
-        or len(socket_io_path) < 3
-    ):
-        raise ConfigError(
-            "SOCKET_IO_PATH must start and end with '/', like /socket.io/ "
-            f"(got {socket_io_path!r})."
-        )
-
-    redis_url = get("REDIS_URL")
-    if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(
-            f"REDIS_URL must be a redis://, rediss:// or unix:// URL (got {redis_url!r})."
-        )
-    if redis_url is not None:
-        _check_redis_url(redis_url)
-    redis_prefix = get("REDIS_PREFIX") or "dramaverse:"
-    if len(redis_prefix) > 64 or not re.fullmatch(r"[A-Za-z0-9_.:{}-]+", redis_prefix):
-        raise ConfigError(
-            "REDIS_PREFIX must be 1 to 64 letters, digits or _.:{}- like dramaverse: "
-            f"(got {redis_prefix!r})."
-        )
-
-    log_level = (get("LOG_LEVEL") or "INFO").upper()
-    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ConfigError(
-            f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL (got {log_level!r})."
-        )
-
-    return Settings(
-        env=mode,
-        host=get("HOST") or "0.0.0.0",
-        port=_int(get("PORT"), "PORT", 3001, 0, 65535),
-        data_dir=data_dir,
-        database_url=database_url,
-        database_pool_size=_int(get("DATABASE_POOL_SIZE"), "DATABASE_POOL_SIZE", 10, 1, 100),
-        jwt_secret=secret,
-        jwt_ttl_seconds=_int(get("JWT_TTL_SECONDS"), "JWT_TTL_SECONDS", 24 * 3600, 60, 366 * 86400),
-        cors_allowed_origins=origins,
-        socket_io_path=socket_io_path,
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
-        redis_reconnect_max_seconds=_float(
-            get("REDIS_RECONNECT_MAX_SECONDS"), "REDIS_RECONNECT_MAX_SECONDS", 10.0, 0.1, 600
-        ),
-        trust_proxy=_trust_proxy(get("TRUST_PROXY")),
-        rate_limit_auth=_rate_limit(get("RATE_LIMIT_AUTH"), "RATE_LIMIT_AUTH", RateLimit(10, 1800)),
-        rate_limit_user=_rate_limit(get("RATE_LIMIT_USER"), "RATE_LIMIT_USER", RateLimit(200, 900)),
-        max_body_bytes=_int(get("MAX_BODY_BYTES"), "MAX_BODY_BYTES", 100 * 1024, 1024, 16 << 20),
-        bcrypt_rounds=_int(get("BCRYPT_ROUNDS"), "BCRYPT_ROUNDS", 12, 4, 16),
-        catalog_poll_seconds=_float(
-            get("CATALOG_POLL_SECONDS"), "CATALOG_POLL_SECONDS", 2.0, 0.05, 3600
-        ),
-        shutdown_grace_seconds=_float(
-            get("SHUTDOWN_GRACE_SECONDS"), "SHUTDOWN_GRACE_SECONDS", 10.0, 0.0, 600
-        ),
-        log_level=log_level,
-        access_log=_bool(get("ACCESS_LOG"), "ACCESS_LOG", False),
-        ws_direct=_bool(get("WS_DIRECT"), "WS_DIRECT", True),
-        ws_heartbeat_interval=_float(
-            get("WS_HEARTBEAT_INTERVAL"), "WS_HEARTBEAT_INTERVAL", 25.0, 0.05, 3600
-        ),
-        ws_heartbeat_timeout=_float(
-            get("WS_HEARTBEAT_TIMEOUT"), "WS_HEARTBEAT_TIMEOUT", 10.0, 0.05, 3600
-        ),
-        ws_auth_timeout=_float(get("WS_AUTH_TIMEOUT"), "WS_AUTH_TIMEOUT", 10.0, 0.05, 600),
-        ws_outbox_size=_int(get("WS_OUTBOX_SIZE"), "WS_OUTBOX_SIZE", 256, 1, 100_000),
-        ws_max_message_bytes=_int(
-            get("WS_MAX_MESSAGE_BYTES"), "WS_MAX_MESSAGE_BYTES", 64 * 1024, 1024, 16 << 20
-        ),
-        ws_max_errors=_int(get("WS_MAX_ERRORS"), "WS_MAX_ERRORS", 20, 1, 100_000),
-        session_grace_seconds=_float(
-            get("SESSION_GRACE_SECONDS"), "SESSION_GRACE_SECONDS", 5.0, 0.0, 3600
-        ),
-        event_retention_count=_int(
-            get("EVENT_RETENTION_COUNT"), "EVENT_RETENTION_COUNT", 1000, 1, 10_000_000
-        ),
-        event_retention_seconds=_int(
-            get("EVENT_RETENTION_SECONDS"),
-            "EVENT_RETENTION_SECONDS",
-            7 * 86400,
-            1,
-            10 * 365 * 86400,
-        ),
-        event_prune_seconds=_float(
-            get("EVENT_PRUNE_SECONDS"), "EVENT_PRUNE_SECONDS", 300.0, 0.05, 86400
-        ),
-        # Socket.IO compatibility (docs/socketio.md)
-        socket_io_ping_interval=_float(
-            get("SOCKET_IO_PING_INTERVAL"), "SOCKET_IO_PING_INTERVAL", 25.0, 0.05, 3600
-        ),
-        socket_io_ping_timeout=_float(
-            get("SOCKET_IO_PING_TIMEOUT"), "SOCKET_IO_PING_TIMEOUT", 20.0, 0.05, 3600
-        ),
-        socket_io_max_payload=_int(
-            get("SOCKET_IO_MAX_PAYLOAD"), "SOCKET_IO_MAX_PAYLOAD", 64 * 1024, 1024, 16 << 20
-        ),
-        socket_io_connect_timeout=_float(
-            get("SOCKET_IO_CONNECT_TIMEOUT"), "SOCKET_IO_CONNECT_TIMEOUT", 10.0, 0.05, 600
-        ),
-        socket_io_recovery_seconds=_int(
-            get("SOCKET_IO_RECOVERY_SECONDS"),
-            "SOCKET_IO_RECOVERY_SECONDS",
-            24 * 3600,
-            0,
-            366 * 86400,
-        ),
-        **_watch_party(get),
-        **_player_status(get),
-        workers=_int(get("WORKERS"), "WORKERS", 1, 1, MAX_WORKERS),
-        worker_socket_dir=_path(get("WORKER_SOCKET_DIR")),
-    )
+    _check_watch_party(values)
+    return Settings(**values)
 
 
-def _watch_party(get: Callable[[str], str | None]) -> dict[str, Any]:
-    """The WATCH_* settings (docs/watch-parties.md)."""
-    chat_rate = _rate_limit(get("WATCH_CHAT_RATE"), "WATCH_CHAT_RATE", RateLimit(10, 10))
-    if chat_rate is None:
-        raise ConfigError("WATCH_CHAT_RATE must be COUNT/SECONDS like 10/10; it cannot be off.")
-    values: dict[str, Any] = {
-        "watch_lead_min_seconds": _float(
-            get("WATCH_LEAD_MIN_SECONDS"), "WATCH_LEAD_MIN_SECONDS", 0.3, 0.0, 10
-        ),
-        "watch_lead_max_seconds": _float(
-            get("WATCH_LEAD_MAX_SECONDS"), "WATCH_LEAD_MAX_SECONDS", 3.0, 0.0, 30
-        ),
-        "watch_drift_nudge_seconds": _float(
-            get("WATCH_DRIFT_NUDGE_SECONDS"), "WATCH_DRIFT_NUDGE_SECONDS", 0.04, 0.001, 10
-        ),
-        "watch_drift_seek_seconds": _float(
-            get("WATCH_DRIFT_SEEK_SECONDS"), "WATCH_DRIFT_SEEK_SECONDS", 0.5, 0.01, 600
-        ),
-        "watch_drift_max_nudge": _float(
-            get("WATCH_DRIFT_MAX_NUDGE"), "WATCH_DRIFT_MAX_NUDGE", 0.08, 0.001, 0.5
-        ),
-        "watch_barrier_seconds": _float(
-            get("WATCH_BARRIER_SECONDS"), "WATCH_BARRIER_SECONDS", 8.0, 0.1, 600
-        ),
-        "watch_host_grace_seconds": _float(
-            get("WATCH_HOST_GRACE_SECONDS"), "WATCH_HOST_GRACE_SECONDS", 15.0, 0.0, 3600
-        ),
-        "watch_reconnect_grace_seconds": _float(
-            get("WATCH_RECONNECT_GRACE_SECONDS"), "WATCH_RECONNECT_GRACE_SECONDS", 60.0, 0.0, 86400
-        ),
-        "watch_empty_room_seconds": _float(
-            get("WATCH_EMPTY_ROOM_SECONDS"), "WATCH_EMPTY_ROOM_SECONDS", 30.0, 0.0, 86400
-        ),
-        "watch_chat_max_length": _int(
-            get("WATCH_CHAT_MAX_LENGTH"), "WATCH_CHAT_MAX_LENGTH", 500, 1, 10_000
-        ),
-        "watch_chat_rate": chat_rate,
-        "watch_history_size": _int(get("WATCH_HISTORY_SIZE"), "WATCH_HISTORY_SIZE", 50, 0, 1000),
-        "watch_max_members": _int(get("WATCH_MAX_MEMBERS"), "WATCH_MAX_MEMBERS", 50, 1, 1000),
-        "watch_report_seconds": _float(
-            get("WATCH_REPORT_SECONDS"), "WATCH_REPORT_SECONDS", 2.0, 0.1, 60
-        ),
-        "watch_report_relaxed_seconds": _float(
-            get("WATCH_REPORT_RELAXED_SECONDS"), "WATCH_REPORT_RELAXED_SECONDS", 6.0, 0.0, 300
-        ),
-        "watch_lease_seconds": _float(
-            get("WATCH_LEASE_SECONDS"), "WATCH_LEASE_SECONDS", 6.0, 0.5, 120
-        ),
-        "watch_relay_beat_seconds": _float(
-            get("WATCH_RELAY_BEAT_SECONDS"), "WATCH_RELAY_BEAT_SECONDS", 1.0, 0.05, 30
-        ),
-        "watch_relay_silence_seconds": _float(
-            get("WATCH_RELAY_SILENCE_SECONDS"), "WATCH_RELAY_SILENCE_SECONDS", 3.0, 0.1, 120
-        ),
-        "watch_relay_timeout_seconds": _float(
-            get("WATCH_RELAY_TIMEOUT_SECONDS"), "WATCH_RELAY_TIMEOUT_SECONDS", 5.0, 0.1, 300
-        ),
-    }
+def _check_watch_party(values: Mapping[str, Any]) -> None:
+    """The rules between WATCH_* settings (docs/watch-parties.md)."""
     if values["watch_lead_max_seconds"] < values["watch_lead_min_seconds"]:
         raise ConfigError("WATCH_LEAD_MAX_SECONDS must not be less than WATCH_LEAD_MIN_SECONDS.")
     if values["watch_drift_seek_seconds"] <= values["watch_drift_nudge_seconds"]:
@@ -382,30 +509,6 @@ def _watch_party(get: Callable[[str], str | None]) -> dict[str, Any]:
             "WATCH_LEASE_SECONDS must be more than WATCH_RELAY_SILENCE_SECONDS "
             "(an owner must be presumed silent before its lease can expire)."
         )
-    return values
-
-
-def _player_status(get: Callable[[str], str | None]) -> dict[str, Any]:
-    """The PLAYER_STATUS_* and ROOM_SNAPSHOT_* settings (docs/player-status.md)."""
-    return {
-        "player_status_ttl_seconds": _int(
-            get("PLAYER_STATUS_TTL_SECONDS"), "PLAYER_STATUS_TTL_SECONDS", 60, 1, 86400
-        ),
-        "player_status_keep": _int(get("PLAYER_STATUS_KEEP"), "PLAYER_STATUS_KEEP", 5, 1, 100),
-        "player_status_rate": _rate_limit(
-            get("PLAYER_STATUS_RATE"), "PLAYER_STATUS_RATE", RateLimit(120, 60)
-        ),
-        "room_snapshot_retention_seconds": _int(
-            get("ROOM_SNAPSHOT_RETENTION_SECONDS"),
-            "ROOM_SNAPSHOT_RETENTION_SECONDS",
-            86400,
-            60,
-            366 * 86400,
-        ),
-        "room_snapshot_delay_seconds": _float(
-            get("ROOM_SNAPSHOT_DELAY_SECONDS"), "ROOM_SNAPSHOT_DELAY_SECONDS", 1.0, 0.0, 60
-        ),
-    }
 
 
 def sqlite_path_from_url(url: str) -> Path:

@@ -4,7 +4,9 @@
 
     DramaverseError                 status 500 unless a subclass says otherwise
     ├── ConfigError                 invalid settings: the process stops with one line
-    ├── StorageUnavailable (503)    the database cannot be reached right now
+    ├── SeedRejected                cli.py: a malformed catalog file; nothing was written
+    ├── InvalidSnapshot             domain/room_snapshot.py: a stored room cannot be restored
+    ├── RoomFailed                  actors/room.py: a bug in this request; the room restarted
     ├── BadRequest (400)            malformed or invalid input; nothing was changed
     ├── Unauthorized (401)          missing, invalid or expired credentials
     ├── Forbidden (403)             authenticated or not, this is not allowed (e.g. CORS)
@@ -14,7 +16,15 @@
     │   └── UsernameTaken
     ├── PayloadTooLarge (413)
     ├── TooManyRequests (429)
-    └── ServiceUnavailable (503)
+    └── ServiceUnavailable (503)    try again later
+        ├── StorageUnavailable      the database cannot be reached right now
+        ├── BrokerUnavailable       broker/base.py: Redis unreachable; a lease cannot be decided
+        └── RoomGone                actors/room.py: the room actor stopped first; join again
+
+Classes without a file are defined here; the others live next to the code that raises them.
+``tests/test_errors.py`` checks this drawing against the classes defined. Exceptions that never
+leave their module (a protocol violation inside one connection's handler, a playback
+``IllegalTransition`` that means a bug) are not part of the tree.
 
 Every error carries ``message``, the human-readable text sent as ``{"message": ...}``.
 """

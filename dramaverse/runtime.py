@@ -146,7 +146,8 @@ async def serve(
             log.info("Dramaverse listening on %s", ", ".join(binds))
             if tune_collector:  # the process's collector on a clock (collector.py)
                 previous = collector.tune()
-                nursery.start_soon(_paced_collector, previous)
+                if previous is not None:  # None: an interpreter it was not measured on
+                    nursery.start_soon(_paced_collector, previous)
             task_status.started(ServerHandle(binds, state, shutdown))
         # Hypercorn has stopped accepting and drained: stop the actors now.
         nursery.cancel_scope.cancel()

@@ -1,4 +1,4 @@
-"""Where the real PostgreSQL and Redis servers are, and what to do when they are absent.
+"""Where the real PostgreSQL and Redis servers are, whether Node.js is, and what to do without them.
 
 On a fresh laptop without them, tests that need them skip with a reason. CI exports
 ``DRAMAVERSE_REQUIRE_SERVICES=1`` so that a missing server fails the run instead of hiding it.
@@ -8,6 +8,7 @@ Addresses come from ``TEST_POSTGRES_URL`` and ``TEST_REDIS_URL`` (defaults: the 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from urllib.parse import urlsplit
 
@@ -29,7 +30,10 @@ def _reachable(url: str, default_port: int) -> bool:
 
 
 def _absent(name: str, url: str) -> None:
-    message = f"{name} is not reachable at {url} (set TEST_{name.upper()}_URL to point at one)"
+    _missing(f"{name} is not reachable at {url} (set TEST_{name.upper()}_URL to point at one)")
+
+
+def _missing(message: str) -> None:
     if os.environ.get("DRAMAVERSE_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{message}; DRAMAVERSE_REQUIRE_SERVICES=1 says it must be there")
     pytest.skip(message)
@@ -47,3 +51,12 @@ def require_redis() -> str:
     if not _reachable(REDIS_URL, 6379):
         _absent("Redis", REDIS_URL)
     return REDIS_URL
+
+
+def require_node() -> str:
+    """The ``node`` executable, or skip (fail in CI) when Node.js is not installed."""
+    node = shutil.which("node")
+    if node is None:
+        _missing("Node.js is not installed (`node` is not on PATH)")
+    assert node is not None
+    return node

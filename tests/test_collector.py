@@ -58,3 +58,32 @@ def test_tune_freezes_start_up_and_leaves_older_generations_to_the_clock(
     assert threshold[0] == collector.THRESHOLD_YOUNG
     assert min(threshold[1:]) >= 1 << 30  # never by allocation counts
     assert gc.get_freeze_count() >= len(keep) - 10
+
+
+@pytest.mark.parametrize(
+    ("implementation", "version"),
+    [("pypy", (3, 11)), ("graalpy", (3, 12)), ("cpython", (3, 10)), ("cpython", (3, 14))],
+)
+def test_tune_refuses_an_interpreter_it_was_not_measured_on(
+    restored_gc: tuple[int, int, int],
+    caplog: pytest.LogCaptureFixture,
+    implementation: str,
+    version: tuple[int, int],
+) -> None:
+    frozen = gc.get_freeze_count()
+    assert collector.tune(implementation=implementation, version=version) is None
+    assert gc.get_threshold() == restored_gc
+    assert gc.get_freeze_count() == frozen
+    warnings = [r for r in caplog.records if r.name == "dramaverse.collector"]
+    assert len(warnings) == 1
+    assert warnings[0].levelname == "WARNING"
+    assert f"{implementation} {version[0]}.{version[1]}" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("version", [(3, 11), (3, 12), (3, 13)])
+def test_tune_accepts_the_cpython_versions_it_was_measured_on(
+    restored_gc: tuple[int, int, int], caplog: pytest.LogCaptureFixture, version: tuple[int, int]
+) -> None:
+    assert collector.tune(implementation="cpython", version=version) == restored_gc
+    assert gc.get_threshold()[0] == collector.THRESHOLD_YOUNG
+    assert not [r for r in caplog.records if r.name == "dramaverse.collector"]

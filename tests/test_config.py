@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -10,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from dramaverse.config import DEFAULT_ORIGINS, PLACEHOLDER_SECRET, RateLimit, load_settings
+from dramaverse.config import (
+    DEFAULT_ORIGINS,
+    PLACEHOLDER_SECRET,
+    RateLimit,
+    Settings,
+    declared_settings,
+    load_settings,
+)
 from dramaverse.errors import ConfigError
 
 GOOD_SECRET = "s" * 40
@@ -136,3 +145,64 @@ def test_cli_reports_invalid_configuration_on_one_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("dramaverse: error: JWT_SECRET")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS_DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def settings_table_rows() -> list[tuple[str, list[str], str]]:
+    """(file, variable names, default cell) of every row of a `| variable | default |` table."""
+    rows = []
+    for path in SETTINGS_DOCS:
+        in_table = False
+        for line in path.read_text(encoding="utf-8").splitlines():
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            if len(cells) < 2:
+                in_table = False
+            elif cells[:2] == ["variable", "default"]:
+                in_table = True
+            elif in_table and not set(cells[0]) <= set("-: "):
+                names = re.findall(r"`([A-Z][A-Z0-9_]*)`", cells[0])
+                assert names, f"{path.name}: a settings row without a variable: {line}"
+                rows.append((path.name, names, cells[1].replace("`", "").strip()))
+    return rows
+
+
+def test_every_documented_setting_is_declared() -> None:
+    declared = {s.name for s in declared_settings()}
+    rows = settings_table_rows()
+    assert len(rows) > 60
+    undeclared = [(doc, name) for doc, names, _ in rows for name in names if name not in declared]
+    assert undeclared == []
+
+
+def test_every_declared_setting_is_documented_with_its_default() -> None:
+    documented: dict[str, list[tuple[str, str]]] = {}
+    for doc, names, default in settings_table_rows():
+        if len(names) == 1:  # a row naming several variables points to where they are documented
+            documented.setdefault(names[0], []).append((doc, default))
+    missing = [s.name for s in declared_settings() if s.name not in documented]
+    assert missing == []
+    wrong = [
+        (s.name, doc, default, s.documented_default)
+        for s in declared_settings()
+        for doc, default in documented[s.name]
+        if default != s.documented_default and not default.startswith(s.documented_default + " (")
+    ]
+    assert wrong == []
+
+
+def test_each_setting_is_read_from_its_variable_once() -> None:
+    declared = declared_settings()
+    assert len({s.name for s in declared}) == len(declared)
+    for setting in declared:
+        if setting.kind in ("integer", "number"):
+            with pytest.raises(ConfigError) as info:
+                load_settings({setting.name: "many"}, dotenv_path=None)
+            assert info.value.message.startswith(f"{setting.name} must be")
+            assert setting.high is not None
+            with pytest.raises(ConfigError, match=setting.name):
+                load_settings({setting.name: str(setting.high * 2 + 1)}, dotenv_path=None)
+    defaults = load_settings({}, dotenv_path=None)
+    assert dataclasses.replace(defaults, database_url="") == Settings()

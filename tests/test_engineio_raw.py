@@ -21,8 +21,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from dramaverse.config import load_settings
 from dramaverse.domain.events import UserEvent
 from dramaverse.errors import ConfigError
-from dramaverse.http.engineio import SEPARATOR, EngineConfig, PacketError, Transport
-from dramaverse.http.engineio_server import find_session
+from dramaverse.http.engineio import SEPARATOR, EngineConfig, EngineSession, PacketError, Transport
 from dramaverse.http.socketio import RecoveryIds, SocketIOConnection
 from dramaverse.http.socketio_codec import (
     ACK,
@@ -118,9 +117,15 @@ def device_count(server: Server, user_id: int) -> int:
     return 0 if session is None else len([d for d in session.devices if not d.gone])
 
 
-def polling_waits(sid: str) -> bool:
+def find_session(server: Server, sid: str) -> EngineSession | None:
+    """The Engine.IO session ``sid`` of ``server``, while it lives."""
+    assert server.handle.state.engine is not None
+    return server.handle.state.engine.sessions.get(sid)
+
+
+def polling_waits(server: Server, sid: str) -> bool:
     """True while a GET of session ``sid`` waits in the server for something to send."""
-    session = find_session(sid)
+    session = find_session(server, sid)
     return session is not None and session.poll_waiting
 
 
@@ -312,7 +317,7 @@ async def test_concurrent_polls_close_the_session(server: Server) -> None:
             first.append(await polling.get())
 
         nursery.start_soon(pending)
-        await eventually(lambda: polling_waits(polling.sid))
+        await eventually(lambda: polling_waits(server, polling.sid))
         second = await polling.get()
     assert_error(second, 400, 3, "Bad request")
     assert first[0].status_code == 200
@@ -344,7 +349,7 @@ async def test_client_close_ends_the_pending_poll_with_a_noop(server: Server) ->
             pending.append(await polling.get())
 
         nursery.start_soon(poll)
-        await eventually(lambda: polling_waits(polling.sid))
+        await eventually(lambda: polling_waits(server, polling.sid))
         assert (await polling.post("1")).text == "ok"
     assert pending[0].status_code == 200
     assert pending[0].text == "6"
@@ -514,7 +519,7 @@ async def test_upgrade_ends_the_pending_poll_with_a_noop(server: Server) -> None
             answered.set()
 
         nursery.start_soon(poll)
-        await eventually(lambda: polling_waits(polling.sid))
+        await eventually(lambda: polling_waits(server, polling.sid))
         async with websocket(server, transport="websocket", sid=polling.sid) as ws:
             await ws.send_message("2probe")
             assert await receive(ws) == "3probe"
@@ -545,7 +550,8 @@ async def test_second_websocket_of_an_upgraded_session_is_accepted_then_closed(
         assert await receive(ws) == "3probe"
         await ws.send_message("5")
         await eventually(
-            lambda: getattr(find_session(polling.sid), "transport", None) is Transport.WEBSOCKET
+            lambda: getattr(find_session(server, polling.sid), "transport", None)
+            is Transport.WEBSOCKET
         )
         async with websocket(server, transport="websocket", sid=polling.sid) as second:
             assert await close_code(second) == 1002

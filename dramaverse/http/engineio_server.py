@@ -16,6 +16,10 @@ in a single process). A worker of ``serve --workers N`` sets it to its tag ``w<I
 ``worker_routing.WorkerRouter`` relays every request (polling or the WebSocket upgrade) that
 carries another worker's sid to that worker, so this endpoint only ever sees its own sessions.
 
+What others may read (the app's endpoint is ``AppState.engine``): :attr:`EngineServer.sessions`,
+the live sessions by sid (their count is the number of Engine.IO clients of this process), each
+with its ``transport``. The endpoint keeps no counters.
+
 Resource handling: :meth:`EngineServer.run` (started by the runtime in the root nursery) owns the
 nursery every session runs in; on shutdown it closes every session with 1001 (a pending poll
 gets the close packet), so clients reconnect to the next server. Request handlers only borrow
@@ -27,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -65,16 +68,6 @@ from dramaverse.http.engineio import (
 from dramaverse.http.security import CorsPolicy, client_address
 
 log = logging.getLogger(__name__)
-_LIVE: weakref.WeakSet[EngineServer] = weakref.WeakSet()
-
-
-def find_session(sid: str) -> EngineSession | None:
-    """The session ``sid`` in any endpoint of this process (for tests and diagnostics)."""
-    for server in list(_LIVE):
-        session = server.sessions.get(sid)
-        if session is not None:
-            return session
-    return None
 
 
 class EngineServer:
@@ -97,7 +90,6 @@ class EngineServer:
         self._shutdown = shutdown
         self._factory = handler_factory
         self._nursery: trio.Nursery | None = None
-        _LIVE.add(self)
         self._open_packets = {
             transport: OPEN
             + json.dumps(

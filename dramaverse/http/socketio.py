@@ -365,6 +365,7 @@ def install(app: QuartTrio, state: AppState) -> EngineServer:
     )
     app.register_blueprint(engineio_server.blueprint(server))
     app.extensions[EXTENSION] = server
+    state.engine = server
     return server
 
 

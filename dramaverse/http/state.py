@@ -19,6 +19,7 @@ from dramaverse.actors.room_snapshots import SnapshotWriter
 from dramaverse.broker.base import Broker
 from dramaverse.config import Settings
 from dramaverse.http.auth import PasswordHasher, TokenService
+from dramaverse.http.engineio_server import EngineServer
 from dramaverse.http.perimeter import Perimeter
 from dramaverse.http.security import CorsPolicy, RateLimiter, SharedRateLimiter
 from dramaverse.storage.base import Storage
@@ -62,6 +63,8 @@ class AppState:
     room_snapshots: SnapshotWriter | None = None
     # Ownership and relaying of rooms across processes (the room verbs go through it).
     room_cluster: RoomCluster | None = None
+    # The Socket.IO endpoint's Engine.IO sessions (socketio.install sets it).
+    engine: EngineServer | None = None
 
     @cached_property
     def perimeter(self) -> Perimeter:
