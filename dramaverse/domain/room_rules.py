@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import secrets
 import unicodedata
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from dramaverse.errors import BadRequest
 
@@ -94,3 +96,15 @@ def check_text(raw: object, name: str, max_length: int) -> str:
     if any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in text):
         raise BadRequest(f"{name} must not contain control characters.")
     return text
+
+
+def message_fields(kind: str, data: object, allowed: Iterable[str]) -> Mapping[str, Any]:
+    """A message's ``data``: an object (absent means empty) with no field beyond ``allowed``."""
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise BadRequest(f"{kind}.data must be an object.")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise BadRequest(f"Unknown field {unknown[0]!r} in {kind}.")
+    return data

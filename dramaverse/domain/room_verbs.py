@@ -11,7 +11,7 @@ here with ``room.position``, the only verb that reports drift.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dramaverse.domain.clocksync import to_ms
@@ -27,6 +27,7 @@ from dramaverse.domain.room_rules import (
     Control,
     MemberStatus,
     check_text,
+    message_fields,
 )
 from dramaverse.domain.room_state import Member, Outcome, RoomState, Send
 from dramaverse.errors import BadRequest, Conflict, Forbidden, NotFound, TooManyRequests
@@ -52,18 +53,7 @@ def handle(room: RoomState, member_id: str, kind: object, data: object, now: flo
     if entry is None:
         raise BadRequest(f"Unknown room message type {kind!r}.")
     allowed, handler = entry
-    return handler(room, member, _fields(str(kind), data, allowed), now)
-
-
-def _fields(kind: str, data: object, allowed: Iterable[str]) -> Mapping[str, Any]:
-    if data is None:
-        return {}
-    if not isinstance(data, Mapping):
-        raise BadRequest(f"{kind}.data must be an object.")
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise BadRequest(f"Unknown field {unknown[0]!r} in {kind}.")
-    return data
+    return handler(room, member, message_fields(str(kind), data, allowed), now)
 
 
 @command("room.play")

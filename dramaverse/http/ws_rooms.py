@@ -36,6 +36,7 @@ from dramaverse.actors.room import RoomGone, RoomPeer, RoomRegistry, render_json
 from dramaverse.actors.room_cluster import RoomCluster
 from dramaverse.actors.room_routes import RoomRoute
 from dramaverse.domain.numbers import REQUEST_ID_RULE, is_request_id
+from dramaverse.domain.room_rules import message_fields
 from dramaverse.domain.rooms import (
     HANDLERS,
     MAX_NAME_LENGTH,
@@ -90,17 +91,6 @@ def room_host_lookup(registry: RoomRegistry, storage: Storage | None = None) -> 
         return isinstance(host, str) and host == str(user_id)
 
     return is_host
-
-
-def _fields(kind: str, data: object, allowed: tuple[str, ...]) -> Mapping[str, Any]:
-    if data is None:
-        return {}
-    if not isinstance(data, Mapping):
-        raise BadRequest(f"{kind}.data must be an object.")
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise BadRequest(f"Unknown field {unknown[0]!r} in {kind}.")
-    return data
 
 
 class RoomLink:
@@ -166,7 +156,7 @@ class RoomLink:
         return self._cluster
 
     async def _create(self, data: object, request_id: object) -> None:
-        fields = _fields("room.create", data, ("name", "control", "waitForJoiners"))
+        fields = message_fields("room.create", data, ("name", "control", "waitForJoiners"))
         name = self._display_name(fields)
         control = fields.get("control", Control.HOST.value)
         if control not in (Control.HOST.value, Control.ALL.value):
@@ -183,7 +173,7 @@ class RoomLink:
         await self._attach(route, name, request_id)
 
     async def _join(self, data: object, request_id: object) -> None:
-        fields = _fields("room.join", data, ("code", "name"))
+        fields = message_fields("room.join", data, ("code", "name"))
         if fields.get("code") is None:
             raise BadRequest("room.join needs data.code, the room's code.")
         code = normalize_room_code(fields["code"])
