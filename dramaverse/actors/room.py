@@ -46,11 +46,12 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, TypeVar
 
 import trio
 
 from dramaverse.actors.outbox import Outbox, push_frame
+from dramaverse.actors.reply import Reply
 from dramaverse.config import Settings
 from dramaverse.domain.numbers import REQUEST_ID_RULE, is_request_id
 from dramaverse.domain.rooms import (
@@ -168,29 +169,6 @@ class RoomPeer:
     def push(self, frame: str) -> bool:
         """Queue a frame without waiting; evict the peer when its outbox is full."""
         return push_frame(self, frame)
-
-
-@dataclass(eq=False)
-class Reply(Generic[T]):
-    """A rendezvous for a caller awaiting the actor."""
-
-    done: trio.Event = field(default_factory=trio.Event)
-    result: T | None = None
-    error: DramaverseError | None = None
-
-    def resolve(self, result: T) -> None:
-        self.result = result
-        self.done.set()
-
-    def fail(self, error: DramaverseError) -> None:
-        self.error = error
-        self.done.set()
-
-    async def wait(self) -> T:
-        await self.done.wait()
-        if self.error is not None:
-            raise self.error
-        return cast(T, self.result)
 
 
 @dataclass(eq=False)
@@ -378,7 +356,7 @@ class RoomActor:
             reply = (
                 self._current.reply if isinstance(self._current, Join | Call | Command) else None
             )
-            if reply is not None and not reply.done.is_set():
+            if reply is not None:
                 reply.fail(gone)
             while True:  # callers still queued must not wait forever
                 try:
@@ -485,8 +463,7 @@ class RoomActor:
         failed = RoomFailed("The room failed on this request (a server bug); it was not applied.")
         reply = message.reply if isinstance(message, Join | Call | Command) else None
         if reply is not None:
-            if not reply.done.is_set():
-                reply.fail(failed)
+            reply.fail(failed)  # ignored when it was answered before the failure
             return
         if isinstance(message, Command):
             peer = message.peer or self.peers.get(message.member_id)
