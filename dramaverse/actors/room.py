@@ -19,6 +19,9 @@ itself once the room has had no member for ``empty_grace`` seconds, forgets its 
 them gone) and tells the registry through ``on_exit``. ``abandon()`` stops it at once without
 ending the room (its lease was lost and another process restores it: ``room_cluster.py``): the
 peers are left alone for their connections to follow the room, and ``on_end`` is not called.
+The room itself is the actor's alone: other tasks read only what the actor publishes on its
+handle after each step (``host``), and a restored room records its restore (``on_change``) in
+its own task before it reports started.
 
 Error handling: a refused command raises inside the pure room before anything changed; the actor
 answers the sender with an ``error`` frame (or raises it to an awaiting ``request``) and carries
@@ -251,8 +254,11 @@ class RoomActor:
         on_exit: Callable[[RoomActor], None] = lambda _: None,
         inbox_size: int = INBOX_SIZE,
         restarts: RestartIntensity | None = None,
+        restored: bool = False,
     ) -> None:
-        self.room = room
+        self.room = room  # the actor's own: no other task reads or changes it
+        # Published by the actor after each step, for other tasks to read (never the room):
+        self.host: str | None = room.host
         self.code = room.code
         self.clock = clock
         self.inbox, self._receive = trio.open_memory_channel[Message](inbox_size)
@@ -271,6 +277,7 @@ class RoomActor:
         self.restarts = restarts or RestartIntensity()
         self.abandoned = False  # stopped by abandon(): the room lives on in another process
         self.failed = False  # gave up after too many restarts: its snapshot must stay
+        self._restored = restored  # its first work: record the restore (``on_change``)
 
     # --- the API used by connections (and the registry) ----------------------------------
 
@@ -337,14 +344,26 @@ class RoomActor:
 
     # --- the actor -----------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[RoomActor] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Serve the room until it stops (empty past its grace, abandoned, or given up after
-        too many failures); a failed step restarts it in place (see the module docstring)."""
-        task_status.started()
+        too many failures); a failed step restarts it in place (see the module docstring).
+
+        Reports started (with itself, the handle) once it can serve: a restored room has first
+        recorded its restore (``on_change``: its members now count as disconnected)."""
+        serving = False
         try:
             with self._scope:
                 while True:
                     try:
+                        if self._restored:  # a step like any other: a failure restarts it
+                            self._restored = False
+                            self._step = "restore"
+                            self._on_change(self.room)
+                        if not serving:
+                            serving = True
+                            task_status.started(self)
                         await self._loop()
                         return
                     except Exception as error:  # a bug (trio.Cancelled is no Exception)
@@ -428,6 +447,7 @@ class RoomActor:
         if self.room.revision != self._good_revision:
             self._good = self.room.snapshot()
             self._good_revision = self.room.revision
+            self.host = self.room.host
 
     # --- failures ------------------------------------------------------------------------
 
@@ -497,6 +517,7 @@ class RoomActor:
         self._deliver(sends)
         self._on_change(room)
         self._good, self._good_revision = room.snapshot(), room.revision
+        self.host = room.host
 
     def _give_up(self) -> None:
         """Too many failures: close the room's connections; its stored snapshot stays."""
@@ -672,9 +693,9 @@ class RoomRegistry:
         room = Room.restore(snapshot, self.config, now=self.clock.now())
         if room.code in self.rooms:
             raise BadRequest(f"Room {room.code} is already running here.")
-        return await self._start(room)
+        return await self._start(room, restored=True)
 
-    async def _start(self, room: Room) -> RoomActor:
+    async def _start(self, room: Room, *, restored: bool = False) -> RoomActor:
         actor = RoomActor(
             room,
             self.clock,
@@ -682,10 +703,11 @@ class RoomRegistry:
             on_change=self._on_change,
             on_exit=self._forget,
             restarts=RestartIntensity(self._max_restarts, self._restart_window),
+            restored=restored,
         )
         self.rooms[room.code] = actor
-        await self._nursery.start(self._supervise, actor)
-        return actor
+        started: RoomActor = await self._nursery.start(self._supervise, actor)
+        return started
 
     def find(self, code: object) -> RoomActor | None:
         """The live actor for a code as typed (any case, dashes), or None."""
@@ -702,7 +724,10 @@ class RoomRegistry:
             del self.rooms[actor.code]
 
     async def _supervise(
-        self, actor: RoomActor, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        actor: RoomActor,
+        *,
+        task_status: trio.TaskStatus[RoomActor] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         try:
             await actor.run(task_status=task_status)

@@ -404,6 +404,7 @@ class RoomCluster:
             if text is None or code in self._ending:
                 await self._release(lease)
                 return None
+            self.writer.stored.add(code)  # before the actor records its restore: delayed
             try:
                 actor = await self.registry.restore(json.loads(text))
             except (DramaverseError, ValueError) as exc:  # InvalidSnapshot, bad JSON
@@ -413,8 +414,6 @@ class RoomCluster:
         except BaseException:
             await self._release(lease)
             raise
-        self.writer.stored.add(code)
-        self.writer.offer(actor.room)  # its members now count as disconnected from now
         self.takeovers += 1
         log.info("room %s restored here from its snapshot (lease taken)", code)
         return await self._keep(actor, lease, route or self._route(code))
@@ -539,7 +538,6 @@ class RoomCluster:
                 log.warning("room %s not restored: %s", code, exc)
                 await self._release(lease)
                 continue
-            self.writer.offer(actor.room)
             await self._keep(actor, lease, self._route(code))
             restored += 1
         if restored:

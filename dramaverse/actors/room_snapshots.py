@@ -294,12 +294,11 @@ async def restore_rooms(
     for code, text in await storage.load_room_snapshots(cutoff):
         writer.stored.add(code)
         try:
-            actor = await registry.restore(json.loads(text))
+            # The actor records its restore (members disconnected from now) before starting.
+            await registry.restore(json.loads(text))
         except (DramaverseError, ValueError) as exc:  # InvalidSnapshot, bad JSON, a duplicate
             log.warning("room %s not restored: %s", code, exc)
             continue
-        # Record the restore: the members now count as disconnected from this start.
-        writer.offer(actor.room)
         restored += 1
     if restored:
         log.info("restored %d watch-party rooms", restored)
