@@ -447,7 +447,7 @@ class RoomCluster:
                 port.close("moved" if actor.abandoned else "ended")
             nursery.cancel_scope.cancel()
         if actor.abandoned:  # another process restores it: write nothing more, rejoin there
-            self.writer.forget(actor.code)
+            await self.writer.forget(actor.code)
             await self._listen()
             log.warning("room %s: lease lost; the room moves to another process", actor.code)
             route.actor = None
@@ -465,9 +465,9 @@ class RoomCluster:
         waiting = self._resting if actor.failed else self._ending
         waiting.add(actor.code)
         try:
-            if actor.failed:
-                self.writer.expedite(actor.code)
             with trio.move_on_after(FLUSH_SECONDS):
+                if actor.failed:
+                    await self.writer.expedite(actor.code)
                 await self.writer.settled(actor.code)
         finally:
             waiting.discard(actor.code)
