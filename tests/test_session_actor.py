@@ -147,6 +147,7 @@ async def test_hub_check_delivers_an_event_that_was_never_published(tmp_path: Pa
         users = [await inner.create_user(f"u{i}", "hash") for i in range(30)]
         async with trio.open_nursery() as nursery:
             hub = SessionHub(nursery, storage, broker, settings)  # type: ignore[arg-type]
+            await nursery.start(hub.run)
             receivers = []
             for user in users:
                 device, receive, _ = _device()
@@ -180,6 +181,7 @@ async def test_hub_check_survives_an_unreadable_log_and_repairs_after(tmp_path: 
         user = await inner.create_user("alice", "hash")
         async with trio.open_nursery() as nursery:
             hub = SessionHub(nursery, storage, broker, settings)  # type: ignore[arg-type]
+            await nursery.start(hub.run)
             device, receive, evictions = _device()
             await hub.attach(user, device, None, lambda head: f"ready {head}")
             assert _drain(receive) == ["ready 0"]
@@ -211,6 +213,7 @@ async def _hub(
         user = await storage.create_user("alice", "hash")
         async with trio.open_nursery() as nursery:
             hub = SessionHub(nursery, storage, broker, settings, **options)
+            await nursery.start(hub.run)
             yield hub, storage, broker, user, nursery
             nursery.cancel_scope.cancel()
 
@@ -489,6 +492,7 @@ async def test_an_attach_while_the_idle_session_unsubscribes_is_served_by_a_fres
         user = await storage.create_user("alice", "hash")
         async with trio.open_nursery() as nursery:
             hub = SessionHub(nursery, storage, broker, settings)
+            await nursery.start(hub.run)
             first, _, _ = _device()
             await hub.attach(user, first, None, _ready)
             hub.detach(user, first)

@@ -11,11 +11,12 @@ seconds, and the hub stops restarting it: its devices are closed with 1011 (reco
 backoff and ``resume``), so a session that cannot run costs a reconnect per client backoff, not
 a busy loop. Restarts after the first wait a growing back-off.
 
-Resource handling: ``open_hub`` owns the nursery every session actor runs in; leaving it
-cancels them all. Each actor runs under ``_supervise``, which owns its registry entry while it
-is crashed. ``attach`` sends one request (no retry loop: an actor stopping idle leaves the
-registry before it stops receiving, a crashed one's queue goes to its successor) and streams a
-device's replay in the caller's task, never the actor's.
+Resource handling: ``open_hub`` owns the nursery every session actor runs in; leaving it cancels
+them all. Only the hub's own task (``run``) starts tasks in it: a caller registers a new session
+and queues it for that task. Each actor runs under ``_supervise``, which owns its registry entry
+while it is crashed. ``attach`` sends one request (no retry loop: an actor stopping idle leaves
+the registry before it stops receiving, a crashed one's queue goes to its successor) and streams
+a device's replay in the caller's task, never the actor's.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ RESTART_WINDOW_SECONDS = 60.0  # ... within this many seconds
 RESTART_BACKOFF_SECONDS = 0.1  # the second restart in a window waits this, then doubling
 RESTART_BACKOFF_MAX_SECONDS = 5.0
 CLOSE_INTERNAL_ERROR = 1011  # docs/protocol.md: reconnect with backoff and resume
+# Sessions registered and waiting for the hub's task to start them: a burst of first
+# connections (a restart: every client reconnects) queues here; each send waits for room.
+START_QUEUE = 1024
 
 
 class SessionHub:
@@ -75,6 +79,18 @@ class SessionHub:
         self._restart_window = restart_window
         self._crashes: dict[int, deque[float]] = {}  # recent crash times per user
         self.sessions: dict[int, UserSession] = {}
+        self._starts, self._start_requests = trio.open_memory_channel[UserSession](START_QUEUE)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[SessionHub] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The hub's own task: it alone starts tasks in the hub's nursery, one supervisor per
+        registered session, until cancelled. ``start_soon``, not ``start``: a session's start
+        reads the log, and one user's must not hold up the next; the requests already queued in
+        the session's inbox are its callers' wait for it."""
+        task_status.started(self)
+        async for session in self._start_requests:
+            self._nursery.start_soon(self._supervise, session)
 
     def _new_session(
         self, user_id: int, devices: list[Device] | None = None, start_delay: float = 0.0
@@ -90,13 +106,13 @@ class SessionHub:
             start_delay=start_delay,
         )
 
-    def _session(self, user_id: int) -> UserSession:
+    async def _session(self, user_id: int) -> UserSession:
         session = self.sessions.get(user_id)
         if session is None:
             session = self._new_session(user_id)
             # Registered before it starts, so concurrent first connections share one actor.
             self.sessions[user_id] = session
-            self._nursery.start_soon(self._supervise, session)
+            await self._starts.send(session)  # the hub's task starts it (``run``)
         return session
 
     def _forget(self, session: UserSession) -> None:
@@ -218,7 +234,7 @@ class SessionHub:
         successor (an actor stopping idle leaves the registry before it stops receiving; a
         crashed one's queued requests go to the actor restarted in its place)."""
         request = Attach(device, resume, ready)
-        await self._send(self._session(user_id), request)
+        await self._send(await self._session(user_id), request)
         return await request.reply.wait()  # SessionGone: the actor failed it
 
     @staticmethod
@@ -285,6 +301,7 @@ async def open_hub(
 ) -> AsyncIterator[SessionHub]:
     async with trio.open_nursery() as nursery:
         hub = SessionHub(nursery, storage, broker, settings)
+        await nursery.start(hub.run)
         nursery.start_soon(hub.run_checks)
         yield hub
         nursery.cancel_scope.cancel()

@@ -13,15 +13,17 @@ Time: the room works on the *server clock*, wall-clock seconds that advance with
 ``MockClock`` drives everything.
 
 Resource handling: the registry owns the nursery every room actor runs in (``open_rooms``);
-leaving it cancels them all. Each actor owns its inbox's receive side; the inbox's send side
-lives on the actor and is shared by every caller (they only ever send on it). The actor stops by
-itself once the room has had no member for ``empty_grace`` seconds, forgets its peers (marking
-them gone) and tells the registry through ``on_exit``. ``abandon()`` stops it at once without
-ending the room (its lease was lost and another process restores it: ``room_cluster.py``): the
-peers are left alone for their connections to follow the room, and ``on_end`` is not called.
-The room itself is the actor's alone: other tasks read only what the actor publishes on its
-handle after each step (``host``), and a restored room records its restore (``on_change``) in
-its own task before it reports started.
+leaving it cancels them all. Only the registry's own task (``run``) starts actors in it: a
+caller registers the actor and sends a ``Start`` that is answered with the started handle. Each
+actor owns its inbox's receive side; the inbox's send side lives on the actor and is shared by
+every caller (they only ever send on it). The actor stops by itself once the room has had no
+member for ``empty_grace`` seconds, forgets its peers (marking them gone) and tells the registry
+through ``on_exit``. ``abandon()`` stops it at once without ending the room (its lease was lost
+and another process restores it: ``room_cluster.py``): the peers are left alone for their
+connections to follow the room, and ``on_end`` is not called. The room itself is the actor's
+alone: other tasks read only what the actor publishes on its handle after each step (``host``),
+and a restored room records its restore (``on_change``) in its own task before it reports
+started.
 
 Error handling: a refused command raises inside the pure room before anything changed; the actor
 answers the sender with an ``error`` frame (or raises it to an awaiting ``request``) and carries
@@ -212,6 +214,17 @@ class Call:
 
 
 Message = Join | Command | Disconnect | Call
+
+
+@dataclass(eq=False)
+class Start:
+    """Start ``actor`` (registered already) in the registry's nursery; answers its handle."""
+
+    actor: RoomActor
+    reply: Reply[RoomActor] = field(default_factory=Reply)
+
+
+START_QUEUE = 64  # start requests waiting for the registry's task (each start is brief)
 
 
 def _error_frame(error: DramaverseError, request_id: object) -> dict[str, Any]:
@@ -652,6 +665,22 @@ class RoomRegistry:
         self._on_end = on_end
         self._taken = taken
         self.rooms: dict[str, RoomActor] = {}
+        self._starts, self._start_requests = trio.open_memory_channel[Start](START_QUEUE)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[RoomRegistry] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The registry's own task: it alone starts tasks in the registry's nursery, one room
+        at a time (``nursery.start``: a room reports started without I/O), until cancelled."""
+        task_status.started(self)
+        async for request in self._start_requests:
+            try:
+                actor = await self._nursery.start(self._supervise, request.actor)
+            except Exception as error:  # it failed before it could serve (logged by _supervise)
+                self._forget(request.actor)
+                request.reply.fail(error)
+                continue
+            request.reply.resolve(actor)
 
     async def create(
         self,
@@ -705,9 +734,14 @@ class RoomRegistry:
             restarts=RestartIntensity(self._max_restarts, self._restart_window),
             restored=restored,
         )
-        self.rooms[room.code] = actor
-        started: RoomActor = await self._nursery.start(self._supervise, actor)
-        return started
+        self.rooms[room.code] = actor  # registered at once: a second start of the code is refused
+        request = Start(actor)
+        try:
+            await self._starts.send(request)
+        except BaseException:
+            self._forget(actor)
+            raise
+        return await request.reply.wait()
 
     def find(self, code: object) -> RoomActor | None:
         """The live actor for a code as typed (any case, dashes), or None."""
@@ -754,9 +788,10 @@ async def open_rooms(
     max_restarts: int = MAX_RESTARTS,
     restart_window: float = RESTART_WINDOW,
 ) -> AsyncIterator[RoomRegistry]:
-    """Own the nursery of every room actor; leaving cancels them."""
+    """Own the nursery of every room actor (started by the registry's task); leaving cancels
+    them."""
     async with trio.open_nursery() as nursery:
-        yield RoomRegistry(
+        registry = RoomRegistry(
             nursery,
             room_config(settings),
             clock or ServerClock(),
@@ -767,4 +802,6 @@ async def open_rooms(
             max_restarts=max_restarts,
             restart_window=restart_window,
         )
+        await nursery.start(registry.run)
+        yield registry
         nursery.cancel_scope.cancel()
