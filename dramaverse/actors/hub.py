@@ -56,8 +56,9 @@ RESTART_BACKOFF_SECONDS = 0.1  # the second restart in a window waits this, then
 RESTART_BACKOFF_MAX_SECONDS = 5.0
 CLOSE_INTERNAL_ERROR = 1011  # docs/protocol.md: reconnect with backoff and resume
 # Sessions registered and waiting for the hub's task to start them: a burst of first
-# connections (a restart: every client reconnects) queues here; each send waits for room.
-START_QUEUE = 1024
+# connections (a restart: every client reconnects) queues here; the task empties it without
+# awaiting anything, so a full queue means a starved process (the device reconnects).
+START_QUEUE = 4096
 
 
 class SessionHub:
@@ -106,13 +107,18 @@ class SessionHub:
             start_delay=start_delay,
         )
 
-    async def _session(self, user_id: int) -> UserSession:
+    def _session(self, user_id: int) -> UserSession:
         session = self.sessions.get(user_id)
         if session is None:
             session = self._new_session(user_id)
-            # Registered before it starts, so concurrent first connections share one actor.
+            # Registered before it starts, so concurrent first connections share one actor;
+            # queued for the hub's task (``run``) in the same step, so no caller can find a
+            # registered session that will never start.
+            try:
+                self._starts.send_nowait(session)
+            except trio.WouldBlock:
+                raise SessionGone("too many sessions are starting; reconnect") from None
             self.sessions[user_id] = session
-            await self._starts.send(session)  # the hub's task starts it (``run``)
         return session
 
     def _forget(self, session: UserSession) -> None:
@@ -234,7 +240,7 @@ class SessionHub:
         successor (an actor stopping idle leaves the registry before it stops receiving; a
         crashed one's queued requests go to the actor restarted in its place)."""
         request = Attach(device, resume, ready)
-        await self._send(await self._session(user_id), request)
+        await self._send(self._session(user_id), request)
         return await request.reply.wait()  # SessionGone: the actor failed it
 
     @staticmethod

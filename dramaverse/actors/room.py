@@ -225,6 +225,7 @@ class Start:
 
 
 START_QUEUE = 64  # start requests waiting for the registry's task (each start is brief)
+START_TIMEOUT = 10.0  # seconds a caller waits, shielded, for its room's start
 
 
 def _error_frame(error: DramaverseError, request_id: object) -> dict[str, Any]:
@@ -673,14 +674,27 @@ class RoomRegistry:
         """The registry's own task: it alone starts tasks in the registry's nursery, one room
         at a time (``nursery.start``: a room reports started without I/O), until cancelled."""
         task_status.started(self)
-        async for request in self._start_requests:
-            try:
-                actor = await self._nursery.start(self._supervise, request.actor)
-            except Exception as error:  # it failed before it could serve (logged by _supervise)
-                self._forget(request.actor)
-                request.reply.fail(error)
-                continue
-            request.reply.resolve(actor)
+        request: Start | None = None
+        try:
+            async for request in self._start_requests:
+                try:
+                    actor = await self._nursery.start(self._supervise, request.actor)
+                except Exception as error:  # failed before it could serve (logged)
+                    self._forget(request.actor)
+                    request.reply.fail(error)
+                    continue
+                request.reply.resolve(actor)
+        finally:  # stopping (shutdown): nobody waits for a start that will not come
+            self._start_requests.close()
+            pending = [request] if request is not None else []
+            while True:
+                try:
+                    pending.append(self._start_requests.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+            for waiting in pending:
+                self._forget(waiting.actor)
+                waiting.reply.fail(ServiceUnavailable("The server is stopping; try again."))
 
     async def create(
         self,
@@ -737,11 +751,16 @@ class RoomRegistry:
         self.rooms[room.code] = actor  # registered at once: a second start of the code is refused
         request = Start(actor)
         try:
-            await self._starts.send(request)
-        except BaseException:
+            self._starts.send_nowait(request)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             self._forget(actor)
-            raise
-        return await request.reply.wait()
+            raise ServiceUnavailable("Too many rooms are starting; try again.") from None
+        # Shielded: a caller cancelled now (its client left) must still get the handle it
+        # answers for (a lease, a route), or the room would run with no owner. Bounded: the
+        # start does no I/O, and a stopping registry fails what it did not start.
+        with trio.CancelScope(shield=True), trio.move_on_after(START_TIMEOUT):
+            return await request.reply.wait()
+        raise ServiceUnavailable(f"Room {room.code} did not start; try again.")
 
     def find(self, code: object) -> RoomActor | None:
         """The live actor for a code as typed (any case, dashes), or None."""

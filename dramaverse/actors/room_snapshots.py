@@ -253,7 +253,9 @@ class SnapshotWriter:
         while True:
             now = trio.current_time()
             wake = math.inf
-            for code, due in list(self._due.items()):  # oldest change first
+            # Every writer busy: a Written wakes this loop, no need to look at the due times.
+            due_times = list(self._due.items()) if len(self._in_flight) < self._writers else []
+            for code, due in due_times:  # oldest change first
                 if code in self._in_flight:
                     continue
                 if due > now:
