@@ -31,8 +31,22 @@ from dramaverse.actors.room import (
     open_rooms,
     render_json,
 )
-from dramaverse.actors.room_cluster import RoomCluster, open_room_cluster
-from dramaverse.actors.room_relay import CLOSE_SLOW, RelayOutbox, Sender, decode, node_topic
+from dramaverse.actors.room_cluster import (
+    BEAT_SECONDS,
+    JOIN_TIMEOUT,
+    LEASE_TTL_MS,
+    SILENCE_SECONDS,
+    RoomCluster,
+    open_room_cluster,
+)
+from dramaverse.actors.room_relay import (
+    CLOSE_SLOW,
+    RELAY_TIMEOUT,
+    RelayOutbox,
+    Sender,
+    decode,
+    node_topic,
+)
 from dramaverse.actors.room_routes import RoomRoute
 from dramaverse.broker.base import Broker
 from dramaverse.broker.memory import MemoryBroker
@@ -603,3 +617,33 @@ async def test_the_cluster_timings_come_from_the_settings(tmp_path: Path) -> Non
         assert (cluster._beat, cluster._silence) == (0.5, 2.0)
         assert cluster.join_timeout == 10.0
         assert cluster._relay_timeout == 4.0
+
+
+async def test_failover_on_the_virtual_clock_takes_one_silence_and_at_most_a_beat_more(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """The failover sequence with the production timings, on trio's virtual clock: the owner
+    dies; the relaying process hears nothing for ``SILENCE_SECONDS``, tries the lease at its
+    next beat, restores the room and welcomes its member again, all within a beat of the
+    silence. (SQLite works in threads: the clock jumps only after 0.5 s of real idleness.)"""
+    mock_clock.autojump_threshold = 0.5
+    timings = {
+        "lease_ttl_ms": LEASE_TTL_MS,
+        "beat": BEAT_SECONDS,
+        "silence": SILENCE_SECONDS,
+        "join_timeout": JOIN_TIMEOUT,
+        "relay_timeout": RELAY_TIMEOUT,
+    }
+    async with procs(tmp_path, **timings) as ([a, b], broker, _storage):
+        assert isinstance(broker, MemoryBroker)
+        code, before, (_alice, bob, _route_a, route_b) = await playing_party(a, b)
+        await flushed(a.cluster.writer)
+        a.kill()
+        assert broker.break_lease(f"room:{code}")  # free at once: only the silence holds b back
+        heard = route_b.heard  # the last word from the owner
+        welcome = await bob.expect("room.welcome")
+        moved = trio.current_time() - heard
+        assert SILENCE_SECONDS <= moved <= SILENCE_SECONDS + 2 * BEAT_SECONDS
+        assert route_b.actor is not None
+        assert b.cluster.takeovers == 1
+        assert welcome["state"]["content"] == before["content"]
