@@ -15,6 +15,7 @@ import httpx
 import pytest
 import trio
 
+from dramaverse.actors.room_snapshots import SnapshotWriter
 from dramaverse.config import Settings
 from dramaverse.runtime import ServerHandle, serve
 from dramaverse.storage import open_storage
@@ -93,3 +94,10 @@ def settings(tmp_path: Path) -> Settings:
 async def server(settings: Settings) -> AsyncIterator[Server]:
     async with running_server(settings) as running:
         yield running
+
+
+async def flushed(writer: SnapshotWriter) -> None:
+    """Write every pending room snapshot now, without waiting for its delay, and wait until
+    it is written (a test's way to see storage as the writer will leave it)."""
+    await writer.expedite()
+    await writer.settled()

@@ -351,7 +351,7 @@ async def test_a_session_repairs_at_once_when_the_broker_reconnects(
             outbox, frames = trio.open_memory_channel[str](64)
             request = Attach(Device(outbox, lambda code, reason: None), None, lambda h: f"r{h}")
             await session.inbox.send(request)
-            await request.done.wait()
+            await request.reply.wait()
             assert frames.receive_nowait() == "r0"
 
             await own_redis.kill()

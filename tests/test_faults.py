@@ -28,7 +28,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from dramaverse.actors.session import Attach, Device, UserSession
+from dramaverse.actors.session import Attach, Device, SessionGone, UserSession
 from dramaverse.broker.memory import MemoryBroker
 from dramaverse.domain.events import EventRange
 from dramaverse.domain.library import SetFavorite
@@ -124,7 +124,7 @@ async def test_a_session_keeps_its_devices_through_a_database_outage(
         evicted: list[int] = []
         phone = Attach(Device(send, lambda code, _: evicted.append(code)), None, lambda h: f"r{h}")
         await session.inbox.send(phone)
-        await phone.done.wait()
+        await phone.reply.wait()
         assert drain(receive) == ["r0"]
 
         storage.down = True
@@ -142,9 +142,8 @@ async def test_a_session_keeps_its_devices_through_a_database_outage(
         tablet_send, tablet_receive = trio.open_memory_channel[str](64)
         tablet = Attach(Device(tablet_send, lambda code, _: None), 1, lambda h: f"r{h}")
         await session.inbox.send(tablet)
-        with trio.fail_after(5):
-            await tablet.done.wait()
-        assert tablet.result is None
+        with trio.fail_after(5), pytest.raises(SessionGone):
+            await tablet.reply.wait()
         assert drain(tablet_receive) == []
         assert not session.stopped.is_set()
         assert evicted == []

@@ -300,6 +300,31 @@ async def test_snapshots_from_on_change_restore_membership_and_role(
         registry.close()
 
 
+async def test_a_restored_actor_records_its_restore_before_it_reports_started(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Its first work is recording the restored state (members now disconnected), in its own
+    task; whoever restored it reads nothing of the room, only the handle's published host."""
+    clock = ServerClock(epoch=0.0)
+    snapshots: list[dict[str, Any]] = []
+    async with open_rooms(
+        SETTINGS, clock=clock, on_change=lambda r: snapshots.append(r.snapshot())
+    ) as registry:
+        actor, clients = await room_with(registry, "ann", "bob")
+        await actor.request("ann", "room.host", {"member": "bob"})
+        last = json.loads(json.dumps(snapshots[-1]))
+        registry.close()
+    recorded: list[dict[str, Any]] = []
+    async with open_rooms(
+        SETTINGS, clock=clock, on_change=lambda r: recorded.append(r.snapshot())
+    ) as registry:
+        actor = await registry.restore(last)
+        assert len(recorded) == 1  # before restore() returned: no checkpoint since
+        assert recorded[0]["host"] == "bob"
+        assert actor.host == "bob"
+        registry.close()
+
+
 # --- failures: a bug in one step restarts the room; a crash loop closes it -----------------
 
 

@@ -31,8 +31,22 @@ from dramaverse.actors.room import (
     open_rooms,
     render_json,
 )
-from dramaverse.actors.room_cluster import RoomCluster, open_room_cluster
-from dramaverse.actors.room_relay import CLOSE_SLOW, RelayOutbox, Sender, decode, node_topic
+from dramaverse.actors.room_cluster import (
+    BEAT_SECONDS,
+    JOIN_TIMEOUT,
+    LEASE_TTL_MS,
+    SILENCE_SECONDS,
+    RoomCluster,
+    open_room_cluster,
+)
+from dramaverse.actors.room_relay import (
+    CLOSE_SLOW,
+    RELAY_TIMEOUT,
+    RelayOutbox,
+    Sender,
+    decode,
+    node_topic,
+)
 from dramaverse.actors.room_routes import RoomRoute
 from dramaverse.broker.base import Broker
 from dramaverse.broker.memory import MemoryBroker
@@ -43,7 +57,7 @@ from dramaverse.errors import BadRequest, NotFound, ServiceUnavailable
 from dramaverse.http.ws_rooms import room_host_lookup
 from dramaverse.storage import open_storage
 from dramaverse.storage.base import Storage
-from tests.conftest import make_settings
+from tests.conftest import flushed, make_settings
 from tests.services import require_redis
 from tests.test_broker_contract import RawRedis, unique_prefix
 
@@ -220,7 +234,7 @@ async def test_a_member_on_another_process_is_relayed_to_the_owner(tmp_path: Pat
         assert seeked[0] == seeked[1]
 
         # isHost from another process: the stored snapshot says who hosts.
-        await a.cluster.writer.flushed()
+        await flushed(a.cluster.writer)
         assert b.cluster.registry.find(code) is None
         assert await room_host_lookup(b.cluster.registry, storage)(code, 1) is True
         assert await room_host_lookup(b.cluster.registry, storage)(code, 2) is False
@@ -320,7 +334,7 @@ async def test_a_room_that_ended_is_never_restored_from_a_leftover_snapshot(
         code, route_a = await create(a, alice)
         await alice.ok(route_a, "1", "room.leave")
         await eventually(lambda: a.cluster.find(code) is None)  # empty past its grace: ended
-        await a.cluster.writer.flushed()
+        await flushed(a.cluster.writer)
         for proc in (a, b):
             with pytest.raises(NotFound):
                 await proc.cluster.locate(code)
@@ -397,7 +411,7 @@ async def test_when_the_owner_dies_a_relaying_process_restores_the_room(tmp_path
     async with procs(tmp_path) as ([a, b], broker, _storage):
         assert isinstance(broker, MemoryBroker)
         code, before, (_alice, bob, _route_a, route_b) = await playing_party(a, b)
-        await a.cluster.writer.flushed()
+        await flushed(a.cluster.writer)
         a.kill()
         assert broker.break_lease(f"room:{code}")  # it expires: nobody renews it
         # b hears nothing more, takes the lease and restores the room; bob gets a new welcome.
@@ -432,7 +446,7 @@ async def test_a_joiner_adopts_a_room_whose_owner_died(tmp_path: Path) -> None:
         alice = Device("alice")
         code, route_a = await create(a, alice)
         await alice.ok(route_a, "1", "room.chat", {"text": "back in a minute"})
-        await a.cluster.writer.flushed()
+        await flushed(a.cluster.writer)
         a.kill()
         bob = Device("bob")
         with pytest.raises(ServiceUnavailable, match="not answering"):  # the lease is held
@@ -449,7 +463,7 @@ async def test_an_owner_that_loses_its_lease_hands_the_room_over(tmp_path: Path)
     async with procs(tmp_path) as ([a, b], broker, _storage):
         assert isinstance(broker, MemoryBroker)
         code, before, (alice, bob, route_a, route_b) = await playing_party(a, b)
-        await a.cluster.writer.flushed()
+        await flushed(a.cluster.writer)
         broker.break_lease(f"room:{code}")  # as if a stalled past its lease
         # Whoever takes the lease restores the room; both members get a fresh welcome.
         for device in (alice, bob):
@@ -470,7 +484,7 @@ async def test_a_restarted_process_adopts_rooms_once_their_leases_expire(tmp_pat
         assert isinstance(broker, MemoryBroker)
         alice = Device("alice")
         code, _route = await create(a, alice)
-        await a.cluster.writer.flushed()
+        await flushed(a.cluster.writer)
         a.kill()
         settings = make_settings(tmp_path, watch_lead_min_seconds=0.1)
         async with trio.open_nursery() as nursery:
@@ -500,7 +514,7 @@ async def test_relay_and_failover_over_redis(tmp_path: Path) -> None:
                 b = await nursery.start(_run_proc, storage, broker_b, settings, OPTIONS)
                 code, before, (_alice, bob, _ra, route_b) = await playing_party(a, b)
                 assert await raw.lease_value(f"room:{code}") is not None
-                await a.cluster.writer.flushed()
+                await flushed(a.cluster.writer)
                 await raw.delete_lease(f"room:{code}")  # a's renewal finds it gone
                 state = (await bob.expect("room.welcome"))["state"]
                 assert (state["at"], state["content"]) == (before["at"], before["content"])
@@ -603,3 +617,33 @@ async def test_the_cluster_timings_come_from_the_settings(tmp_path: Path) -> Non
         assert (cluster._beat, cluster._silence) == (0.5, 2.0)
         assert cluster.join_timeout == 10.0
         assert cluster._relay_timeout == 4.0
+
+
+async def test_failover_on_the_virtual_clock_takes_one_silence_and_at_most_a_beat_more(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """The failover sequence with the production timings, on trio's virtual clock: the owner
+    dies; the relaying process hears nothing for ``SILENCE_SECONDS``, tries the lease at its
+    next beat, restores the room and welcomes its member again, all within a beat of the
+    silence. (SQLite works in threads: the clock jumps only after 0.5 s of real idleness.)"""
+    mock_clock.autojump_threshold = 0.5
+    timings = {
+        "lease_ttl_ms": LEASE_TTL_MS,
+        "beat": BEAT_SECONDS,
+        "silence": SILENCE_SECONDS,
+        "join_timeout": JOIN_TIMEOUT,
+        "relay_timeout": RELAY_TIMEOUT,
+    }
+    async with procs(tmp_path, **timings) as ([a, b], broker, _storage):
+        assert isinstance(broker, MemoryBroker)
+        code, before, (_alice, bob, _route_a, route_b) = await playing_party(a, b)
+        await flushed(a.cluster.writer)
+        a.kill()
+        assert broker.break_lease(f"room:{code}")  # free at once: only the silence holds b back
+        heard = route_b.heard  # the last word from the owner
+        welcome = await bob.expect("room.welcome")
+        moved = trio.current_time() - heard
+        assert SILENCE_SECONDS <= moved <= SILENCE_SECONDS + 2 * BEAT_SECONDS
+        assert route_b.actor is not None
+        assert b.cluster.takeovers == 1
+        assert welcome["state"]["content"] == before["content"]

@@ -23,7 +23,7 @@ from dramaverse.domain.rooms import Room, RoomConfig
 from dramaverse.errors import StorageUnavailable
 from dramaverse.storage import open_storage
 from dramaverse.storage.base import Storage
-from tests.conftest import make_settings
+from tests.conftest import flushed, make_settings
 
 CODES = ["AAAAAAAA", "BBBBBBBB", "CCCCCCCC", "DDDDDDDD"]
 
@@ -104,7 +104,7 @@ async def test_changes_within_the_delay_make_one_write_of_the_latest_snapshot(
         await trio.sleep(0.01)
         assert set(storage.log[-2:]) == {("delete", CODES[0], None), ("save", CODES[1], 2)}
         writer.offer(room(CODES[1], 3))  # stored now: due in 1 s
-        await writer.flushed()  # does not wait out the delay
+        await flushed(writer)  # does not wait out the delay
         assert trio.current_time() - t0 < 2.2
         assert storage.log[-1] == ("save", CODES[1], 3)
         nursery.cancel_scope.cancel()
@@ -125,7 +125,7 @@ async def test_latest_snapshot_wins_with_one_write_per_room_in_flight(
         writer.offer(room(CODES[1], 1))
         await trio.testing.wait_all_tasks_blocked()
         storage.gate.set()
-        await writer.flushed()
+        await flushed(writer)
         nursery.cancel_scope.cancel()
     assert sorted(storage.log) == [
         ("save", CODES[0], 1),
@@ -151,7 +151,7 @@ async def test_an_ended_room_is_deleted_after_its_write_in_flight(
         writer.ended(CODES[0])  # supersedes the pending revision 2
         assert writer.taken(CODES[0])
         storage.gate.set()
-        await writer.flushed()
+        await flushed(writer)
         nursery.cancel_scope.cancel()
     assert storage.log == [("save", CODES[0], 1), ("delete", CODES[0], None)]
     assert storage.saved == {}
@@ -170,7 +170,7 @@ async def test_failed_writes_are_retried_with_the_newest_snapshot(
         writer.offer(room(CODES[0], 1))
         await trio.testing.wait_all_tasks_blocked()
         writer.offer(room(CODES[0], 2))  # arrives while the failed writer waits to retry
-        await writer.flushed()
+        await flushed(writer)
         assert trio.current_time() - started >= RETRY_SECONDS
         nursery.cancel_scope.cancel()
     assert storage.log == [("save", CODES[0], 2)]
@@ -203,11 +203,11 @@ async def test_nothing_is_recorded_once_recording_stops(
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         writer.offer(room(CODES[0], 1))
-        await writer.flushed()
+        await flushed(writer)
         stop.set()
         writer.offer(room(CODES[0], 2))
         writer.ended(CODES[0])
-        await writer.flushed()
+        await flushed(writer)
         nursery.cancel_scope.cancel()
     assert storage.log == [("save", CODES[0], 1)]
 
@@ -229,11 +229,11 @@ async def test_rooms_missed_while_the_queue_was_full_are_refreshed(
         await trio.testing.wait_all_tasks_blocked()
         assert len(storage.log) == 0
         storage.gate.set()
-        await writer.flushed()
+        await flushed(writer)
         assert len(storage.saved) == 2
         await nursery.start(writer.refresh, rooms, 86400.0)
         await trio.sleep(REFRESH_SECONDS + 1)
-        await writer.flushed()
+        await flushed(writer)
         assert sorted(storage.saved) == sorted(a.code for a in actors)
         nursery.cancel_scope.cancel()
 

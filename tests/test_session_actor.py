@@ -147,6 +147,7 @@ async def test_hub_check_delivers_an_event_that_was_never_published(tmp_path: Pa
         users = [await inner.create_user(f"u{i}", "hash") for i in range(30)]
         async with trio.open_nursery() as nursery:
             hub = SessionHub(nursery, storage, broker, settings)  # type: ignore[arg-type]
+            await nursery.start(hub.run)
             receivers = []
             for user in users:
                 device, receive, _ = _device()
@@ -180,6 +181,7 @@ async def test_hub_check_survives_an_unreadable_log_and_repairs_after(tmp_path: 
         user = await inner.create_user("alice", "hash")
         async with trio.open_nursery() as nursery:
             hub = SessionHub(nursery, storage, broker, settings)  # type: ignore[arg-type]
+            await nursery.start(hub.run)
             device, receive, evictions = _device()
             await hub.attach(user, device, None, lambda head: f"ready {head}")
             assert _drain(receive) == ["ready 0"]
@@ -211,6 +213,7 @@ async def _hub(
         user = await storage.create_user("alice", "hash")
         async with trio.open_nursery() as nursery:
             hub = SessionHub(nursery, storage, broker, settings, **options)
+            await nursery.start(hub.run)
             yield hub, storage, broker, user, nursery
             nursery.cancel_scope.cancel()
 
@@ -452,3 +455,59 @@ async def test_a_session_that_keeps_crashing_closes_its_devices_with_a_reconnect
         again, inbox, _ = _device()
         await hub.attach(user, again, None, _ready)
         assert _seqs(_drain(inbox)) == [2]
+
+
+# -- the actor shape: one attach attempt, no request lost to an actor stopping ---------------
+
+
+class SlowUnsubscribe(MemoryBroker):
+    """The in-process broker with an unsubscribe that takes time, as Redis's does (a round
+    trip): the window in which a stopping session is still reachable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unsubscribing = trio.Event()
+        self.release = trio.Event()
+
+    @asynccontextmanager
+    async def subscribe(  # type: ignore[override]
+        self, topic: str, deliver: Any, *, on_gap: Any = None
+    ) -> AsyncIterator[None]:
+        async with super().subscribe(topic, deliver, on_gap=on_gap):
+            try:
+                yield
+            finally:
+                self.unsubscribing.set()
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self.release.wait()
+
+
+async def test_an_attach_while_the_idle_session_unsubscribes_is_served_by_a_fresh_one(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path, session_grace_seconds=0.05)
+    broker = SlowUnsubscribe()
+    async with open_sqlite(tmp_path / "x.db") as storage:
+        await storage.migrate()
+        user = await storage.create_user("alice", "hash")
+        async with trio.open_nursery() as nursery:
+            hub = SessionHub(nursery, storage, broker, settings)
+            await nursery.start(hub.run)
+            first, _, _ = _device()
+            await hub.attach(user, first, None, _ready)
+            hub.detach(user, first)
+            with trio.fail_after(5):
+                await broker.unsubscribing.wait()  # idle past the grace: stopping
+            second, inbox, _ = _device()
+            attached: list[AttachResult] = []
+
+            async def attach() -> None:
+                attached.append(await hub.attach(user, second, None, _ready))
+
+            nursery.start_soon(attach)
+            await trio.testing.wait_all_tasks_blocked()
+            broker.release.set()
+            await _until(lambda: bool(attached))
+            assert _seqs(_drain(inbox)) == [0]
+            assert hub.sessions[user].devices == [second]
+            nursery.cancel_scope.cancel()

@@ -23,7 +23,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from dramaverse.actors.room import CLOSE_ROOM_FAILED, MAX_RESTARTS, RoomActor
 from dramaverse.config import RateLimit, Settings
 from dramaverse.domain.rooms import HANDLERS
-from tests.conftest import Server, make_settings, running_server
+from tests.conftest import Server, flushed, make_settings, running_server
 from tests.wsclient import open_client
 
 PROTOCOL = "dramaverse.v1"
@@ -928,7 +928,7 @@ async def test_members_who_do_not_come_back_in_time_lose_their_place(tmp_path: P
             if room is not None:  # alice's grace runs out, then the room's empty grace
                 await room.stopped.wait()
             await trio.testing.wait_all_tasks_blocked()  # the registry's on_end ran
-            await writer.flushed()
+            await flushed(writer)
             assert await server.handle.state.storage.load_room_snapshot(code) is None
             async with connect(server, token, "alice") as alice:
                 answer = await alice.call("room.join", {"code": code})

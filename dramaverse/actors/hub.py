@@ -11,9 +11,12 @@ seconds, and the hub stops restarting it: its devices are closed with 1011 (reco
 backoff and ``resume``), so a session that cannot run costs a reconnect per client backoff, not
 a busy loop. Restarts after the first wait a growing back-off.
 
-Resource handling: ``open_hub`` owns the nursery every session actor runs in; leaving it
-cancels them all. Each actor runs under ``_supervise``, which owns its registry entry while it
-is crashed. ``attach`` streams a device's replay in the caller's task, never the actor's.
+Resource handling: ``open_hub`` owns the nursery every session actor runs in; leaving it cancels
+them all. Only the hub's own task (``run``) starts tasks in it: a caller registers a new session
+and queues it for that task. Each actor runs under ``_supervise``, which owns its registry entry
+while it is crashed. ``attach`` sends one request (no retry loop: an actor stopping idle leaves
+the registry before it stops receiving, a crashed one's queue goes to its successor) and streams
+a device's replay in the caller's task, never the actor's.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dramaverse.actors.session import (
     Handover,
     Live,
     Message,
+    SessionGone,
     UserSession,
     release,
 )
@@ -51,10 +55,10 @@ RESTART_WINDOW_SECONDS = 60.0  # ... within this many seconds
 RESTART_BACKOFF_SECONDS = 0.1  # the second restart in a window waits this, then doubling
 RESTART_BACKOFF_MAX_SECONDS = 5.0
 CLOSE_INTERNAL_ERROR = 1011  # docs/protocol.md: reconnect with backoff and resume
-
-
-class SessionGone(Exception):
-    """The user's session actor stopped before the request could be handled."""
+# Sessions registered and waiting for the hub's task to start them: a burst of first
+# connections (a restart: every client reconnects) queues here; the task empties it without
+# awaiting anything, so a full queue means a starved process (the device reconnects).
+START_QUEUE = 4096
 
 
 class SessionHub:
@@ -76,6 +80,18 @@ class SessionHub:
         self._restart_window = restart_window
         self._crashes: dict[int, deque[float]] = {}  # recent crash times per user
         self.sessions: dict[int, UserSession] = {}
+        self._starts, self._start_requests = trio.open_memory_channel[UserSession](START_QUEUE)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[SessionHub] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The hub's own task: it alone starts tasks in the hub's nursery, one supervisor per
+        registered session, until cancelled. ``start_soon``, not ``start``: a session's start
+        reads the log, and one user's must not hold up the next; the requests already queued in
+        the session's inbox are its callers' wait for it."""
+        task_status.started(self)
+        async for session in self._start_requests:
+            self._nursery.start_soon(self._supervise, session)
 
     def _new_session(
         self, user_id: int, devices: list[Device] | None = None, start_delay: float = 0.0
@@ -95,22 +111,34 @@ class SessionHub:
         session = self.sessions.get(user_id)
         if session is None:
             session = self._new_session(user_id)
-            # Registered before it starts, so concurrent first connections share one actor.
+            # Registered before it starts, so concurrent first connections share one actor;
+            # queued for the hub's task (``run``) in the same step, so no caller can find a
+            # registered session that will never start.
+            try:
+                self._starts.send_nowait(session)
+            except trio.WouldBlock:
+                raise SessionGone("too many sessions are starting; reconnect") from None
             self.sessions[user_id] = session
-            self._nursery.start_soon(self._supervise, session)
         return session
 
     def _forget(self, session: UserSession) -> None:
         if self.sessions.get(session.user_id) is session:
             del self.sessions[session.user_id]
 
-    async def _supervise(self, session: UserSession) -> None:
-        """Run ``session``; restart it with its devices when it crashes (module docstring)."""
+    async def _supervise(
+        self,
+        session: UserSession,
+        *,
+        task_status: trio.TaskStatus[UserSession] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run ``session``; restart it with its devices when it crashes (module docstring).
+        Reports started when the first actor does (a restarted one needs no one to wait)."""
         current: UserSession | None = session
         while current is not None:
             try:
-                await current.run()
+                await current.run(task_status=task_status)
             except Exception as exc:
+                task_status = trio.TASK_STATUS_IGNORED
                 current = self._after_crash(current, exc)
             else:  # idle: it ended normally and left the registry itself
                 crashes = self._crashes.get(session.user_id)
@@ -195,37 +223,34 @@ class SessionHub:
 
     async def _hand_over(self, user_id: int, device: Device) -> Handover:
         """Ask the user's actor (a restarted one, if it crashed meanwhile) to take ``device``."""
-        while True:
-            session = self.sessions.get(user_id)
-            if session is None:
-                raise SessionGone(f"the session of user {user_id} stopped during a replay")
-            request = Live(device)
-            try:
-                await session.inbox.send(request)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._forget(session)  # stopping idle; the device was detached, or is not ours
-                continue
-            await request.done.wait()
-            if request.outcome is None:  # dropped (not handed to a successor): closed for us
-                return Handover.GONE
-            return request.outcome
+        session = self.sessions.get(user_id)
+        if session is None:
+            raise SessionGone(f"the session of user {user_id} stopped during a replay")
+        request = Live(device)
+        await self._send(session, request)
+        try:
+            return await request.reply.wait()
+        except SessionGone:  # dropped (not handed to a successor): closed for us
+            return Handover.GONE
 
     async def _attach(
         self, user_id: int, device: Device, resume: int | None, ready: Callable[[int], str]
     ) -> AttachResult:
-        for _ in range(3):  # an actor may be stopping right now; the next one is fresh
-            session = self._session(user_id)
-            request = Attach(device, resume, ready)
-            try:
-                await session.inbox.send(request)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._forget(session)
-                continue
-            await request.done.wait()
-            if request.result is None:
-                raise SessionGone(f"the session of user {user_id} failed")
-            return request.result
-        raise SessionGone(f"the session of user {user_id} could not be started")
+        """One attempt: a registered actor takes every request sent to it, or hands it to its
+        successor (an actor stopping idle leaves the registry before it stops receiving; a
+        crashed one's queued requests go to the actor restarted in its place)."""
+        request = Attach(device, resume, ready)
+        await self._send(self._session(user_id), request)
+        return await request.reply.wait()  # SessionGone: the actor failed it
+
+    @staticmethod
+    async def _send(session: UserSession, message: Message) -> None:
+        # Taken from the registry and sent with no checkpoint in between, so the inbox is
+        # open unless it was full and the actor crashed while this waited for room.
+        try:
+            await session.inbox.send(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise SessionGone(f"the session of user {session.user_id} failed") from None
 
     async def run_checks(self, interval: float = CHECK_SECONDS) -> None:
         """Every ``interval``, one storage read for the heads of all sessions with devices;
@@ -282,6 +307,7 @@ async def open_hub(
 ) -> AsyncIterator[SessionHub]:
     async with trio.open_nursery() as nursery:
         hub = SessionHub(nursery, storage, broker, settings)
+        await nursery.start(hub.run)
         nursery.start_soon(hub.run_checks)
         yield hub
         nursery.cancel_scope.cancel()

@@ -13,12 +13,17 @@ Time: the room works on the *server clock*, wall-clock seconds that advance with
 ``MockClock`` drives everything.
 
 Resource handling: the registry owns the nursery every room actor runs in (``open_rooms``);
-leaving it cancels them all. Each actor owns its inbox's receive side; the inbox's send side
-lives on the actor and is shared by every caller (they only ever send on it). The actor stops by
-itself once the room has had no member for ``empty_grace`` seconds, forgets its peers (marking
-them gone) and tells the registry through ``on_exit``. ``abandon()`` stops it at once without
-ending the room (its lease was lost and another process restores it: ``room_cluster.py``): the
-peers are left alone for their connections to follow the room, and ``on_end`` is not called.
+leaving it cancels them all. Only the registry's own task (``run``) starts actors in it: a
+caller registers the actor and sends a ``Start`` that is answered with the started handle. Each
+actor owns its inbox's receive side; the inbox's send side lives on the actor and is shared by
+every caller (they only ever send on it). The actor stops by itself once the room has had no
+member for ``empty_grace`` seconds, forgets its peers (marking them gone) and tells the registry
+through ``on_exit``. ``abandon()`` stops it at once without ending the room (its lease was lost
+and another process restores it: ``room_cluster.py``): the peers are left alone for their
+connections to follow the room, and ``on_end`` is not called. The room itself is the actor's
+alone: other tasks read only what the actor publishes on its handle after each step (``host``),
+and a restored room records its restore (``on_change``) in its own task before it reports
+started.
 
 Error handling: a refused command raises inside the pure room before anything changed; the actor
 answers the sender with an ``error`` frame (or raises it to an awaiting ``request``) and carries
@@ -46,11 +51,12 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, TypeVar
 
 import trio
 
 from dramaverse.actors.outbox import Outbox, push_frame
+from dramaverse.actors.reply import Reply
 from dramaverse.config import Settings
 from dramaverse.domain.numbers import REQUEST_ID_RULE, is_request_id
 from dramaverse.domain.rooms import (
@@ -171,29 +177,6 @@ class RoomPeer:
 
 
 @dataclass(eq=False)
-class Reply(Generic[T]):
-    """A rendezvous for a caller awaiting the actor."""
-
-    done: trio.Event = field(default_factory=trio.Event)
-    result: T | None = None
-    error: DramaverseError | None = None
-
-    def resolve(self, result: T) -> None:
-        self.result = result
-        self.done.set()
-
-    def fail(self, error: DramaverseError) -> None:
-        self.error = error
-        self.done.set()
-
-    async def wait(self) -> T:
-        await self.done.wait()
-        if self.error is not None:
-            raise self.error
-        return cast(T, self.result)
-
-
-@dataclass(eq=False)
 class Join:
     member_id: str
     name: str
@@ -231,6 +214,18 @@ class Call:
 
 
 Message = Join | Command | Disconnect | Call
+
+
+@dataclass(eq=False)
+class Start:
+    """Start ``actor`` (registered already) in the registry's nursery; answers its handle."""
+
+    actor: RoomActor
+    reply: Reply[RoomActor] = field(default_factory=Reply)
+
+
+START_QUEUE = 64  # start requests waiting for the registry's task (each start is brief)
+START_TIMEOUT = 10.0  # seconds a caller waits, shielded, for its room's start
 
 
 def _error_frame(error: DramaverseError, request_id: object) -> dict[str, Any]:
@@ -273,8 +268,11 @@ class RoomActor:
         on_exit: Callable[[RoomActor], None] = lambda _: None,
         inbox_size: int = INBOX_SIZE,
         restarts: RestartIntensity | None = None,
+        restored: bool = False,
     ) -> None:
-        self.room = room
+        self.room = room  # the actor's own: no other task reads or changes it
+        # Published by the actor after each step, for other tasks to read (never the room):
+        self.host: str | None = room.host
         self.code = room.code
         self.clock = clock
         self.inbox, self._receive = trio.open_memory_channel[Message](inbox_size)
@@ -293,6 +291,7 @@ class RoomActor:
         self.restarts = restarts or RestartIntensity()
         self.abandoned = False  # stopped by abandon(): the room lives on in another process
         self.failed = False  # gave up after too many restarts: its snapshot must stay
+        self._restored = restored  # its first work: record the restore (``on_change``)
 
     # --- the API used by connections (and the registry) ----------------------------------
 
@@ -359,14 +358,26 @@ class RoomActor:
 
     # --- the actor -----------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[RoomActor] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Serve the room until it stops (empty past its grace, abandoned, or given up after
-        too many failures); a failed step restarts it in place (see the module docstring)."""
-        task_status.started()
+        too many failures); a failed step restarts it in place (see the module docstring).
+
+        Reports started (with itself, the handle) once it can serve: a restored room has first
+        recorded its restore (``on_change``: its members now count as disconnected)."""
+        serving = False
         try:
             with self._scope:
                 while True:
                     try:
+                        if self._restored:  # a step like any other: a failure restarts it
+                            self._restored = False
+                            self._step = "restore"
+                            self._on_change(self.room)
+                        if not serving:
+                            serving = True
+                            task_status.started(self)
                         await self._loop()
                         return
                     except Exception as error:  # a bug (trio.Cancelled is no Exception)
@@ -378,7 +389,7 @@ class RoomActor:
             reply = (
                 self._current.reply if isinstance(self._current, Join | Call | Command) else None
             )
-            if reply is not None and not reply.done.is_set():
+            if reply is not None:
                 reply.fail(gone)
             while True:  # callers still queued must not wait forever
                 try:
@@ -450,6 +461,7 @@ class RoomActor:
         if self.room.revision != self._good_revision:
             self._good = self.room.snapshot()
             self._good_revision = self.room.revision
+            self.host = self.room.host
 
     # --- failures ------------------------------------------------------------------------
 
@@ -485,8 +497,7 @@ class RoomActor:
         failed = RoomFailed("The room failed on this request (a server bug); it was not applied.")
         reply = message.reply if isinstance(message, Join | Call | Command) else None
         if reply is not None:
-            if not reply.done.is_set():
-                reply.fail(failed)
+            reply.fail(failed)  # ignored when it was answered before the failure
             return
         if isinstance(message, Command):
             peer = message.peer or self.peers.get(message.member_id)
@@ -520,6 +531,7 @@ class RoomActor:
         self._deliver(sends)
         self._on_change(room)
         self._good, self._good_revision = room.snapshot(), room.revision
+        self.host = room.host
 
     def _give_up(self) -> None:
         """Too many failures: close the room's connections; its stored snapshot stays."""
@@ -654,6 +666,35 @@ class RoomRegistry:
         self._on_end = on_end
         self._taken = taken
         self.rooms: dict[str, RoomActor] = {}
+        self._starts, self._start_requests = trio.open_memory_channel[Start](START_QUEUE)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[RoomRegistry] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The registry's own task: it alone starts tasks in the registry's nursery, one room
+        at a time (``nursery.start``: a room reports started without I/O), until cancelled."""
+        task_status.started(self)
+        request: Start | None = None
+        try:
+            async for request in self._start_requests:
+                try:
+                    actor = await self._nursery.start(self._supervise, request.actor)
+                except Exception as error:  # failed before it could serve (logged)
+                    self._forget(request.actor)
+                    request.reply.fail(error)
+                    continue
+                request.reply.resolve(actor)
+        finally:  # stopping (shutdown): nobody waits for a start that will not come
+            self._start_requests.close()
+            pending = [request] if request is not None else []
+            while True:
+                try:
+                    pending.append(self._start_requests.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+            for waiting in pending:
+                self._forget(waiting.actor)
+                waiting.reply.fail(ServiceUnavailable("The server is stopping; try again."))
 
     async def create(
         self,
@@ -695,9 +736,9 @@ class RoomRegistry:
         room = Room.restore(snapshot, self.config, now=self.clock.now())
         if room.code in self.rooms:
             raise BadRequest(f"Room {room.code} is already running here.")
-        return await self._start(room)
+        return await self._start(room, restored=True)
 
-    async def _start(self, room: Room) -> RoomActor:
+    async def _start(self, room: Room, *, restored: bool = False) -> RoomActor:
         actor = RoomActor(
             room,
             self.clock,
@@ -705,10 +746,21 @@ class RoomRegistry:
             on_change=self._on_change,
             on_exit=self._forget,
             restarts=RestartIntensity(self._max_restarts, self._restart_window),
+            restored=restored,
         )
-        self.rooms[room.code] = actor
-        await self._nursery.start(self._supervise, actor)
-        return actor
+        self.rooms[room.code] = actor  # registered at once: a second start of the code is refused
+        request = Start(actor)
+        try:
+            self._starts.send_nowait(request)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._forget(actor)
+            raise ServiceUnavailable("Too many rooms are starting; try again.") from None
+        # Shielded: a caller cancelled now (its client left) must still get the handle it
+        # answers for (a lease, a route), or the room would run with no owner. Bounded: the
+        # start does no I/O, and a stopping registry fails what it did not start.
+        with trio.CancelScope(shield=True), trio.move_on_after(START_TIMEOUT):
+            return await request.reply.wait()
+        raise ServiceUnavailable(f"Room {room.code} did not start; try again.")
 
     def find(self, code: object) -> RoomActor | None:
         """The live actor for a code as typed (any case, dashes), or None."""
@@ -725,7 +777,10 @@ class RoomRegistry:
             del self.rooms[actor.code]
 
     async def _supervise(
-        self, actor: RoomActor, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        actor: RoomActor,
+        *,
+        task_status: trio.TaskStatus[RoomActor] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         try:
             await actor.run(task_status=task_status)
@@ -752,9 +807,10 @@ async def open_rooms(
     max_restarts: int = MAX_RESTARTS,
     restart_window: float = RESTART_WINDOW,
 ) -> AsyncIterator[RoomRegistry]:
-    """Own the nursery of every room actor; leaving cancels them."""
+    """Own the nursery of every room actor (started by the registry's task); leaving cancels
+    them."""
     async with trio.open_nursery() as nursery:
-        yield RoomRegistry(
+        registry = RoomRegistry(
             nursery,
             room_config(settings),
             clock or ServerClock(),
@@ -765,4 +821,6 @@ async def open_rooms(
             max_restarts=max_restarts,
             restart_window=restart_window,
         )
+        await nursery.start(registry.run)
+        yield registry
         nursery.cancel_scope.cancel()

@@ -64,6 +64,7 @@ from typing import Any
 
 import trio
 
+from dramaverse.actors.reply import Reply
 from dramaverse.actors.room import RoomActor, RoomRegistry, ServerClock
 from dramaverse.actors.room_relay import (
     RELAY_TIMEOUT,
@@ -220,19 +221,17 @@ class RoomCluster:
 
     async def join_remote(self, route: RoomRoute, conn: Conn) -> None:
         """Join through the owner; repeat the request each beat until answered."""
-        conn.answer = answer = trio.Event()
+        conn.answer = answer = Reply[None]()
         conn.ref += 1
         with trio.move_on_after(self.join_timeout):
-            while not answer.is_set():
+            while not answer.done.is_set():
                 self._post_join(route, conn)
                 with trio.move_on_after(self._beat):
-                    await answer.wait()
+                    await answer.done.wait()
         conn.answer = None
-        if not answer.is_set():
+        if not answer.done.is_set():
             raise ServiceUnavailable(f"Room {route.code} is not answering; try again.")
-        if conn.error is not None:
-            error, conn.error = conn.error, None
-            raise error
+        await answer.wait()  # raises the refusal
 
     def _post_join(self, route: RoomRoute, conn: Conn, *, again: bool = False) -> None:
         """Send ``conn``'s join to the owner: a repeat of the current attempt (answers to it
@@ -304,12 +303,13 @@ class RoomCluster:
                     if conn.answer is None and error.status == 503:
                         conn.rejoin_at = trio.current_time() + self._beat  # moving: retry
                         return
-                    conn.error = error
-                    if conn.answer is None:  # an unasked rejoin was refused: not a member
+                    if conn.answer is not None:
+                        conn.answer.fail(error)
+                    else:  # an unasked rejoin was refused: not a member
                         route.forget(conn.peer)
                         conn.peer.gone = True
                 if conn.answer is not None:
-                    conn.answer.set()
+                    conn.answer.resolve(None)  # ignored after the refusal
             case "err":
                 conn = route.conns.get(item[2])
                 if conn is not None:
@@ -404,6 +404,7 @@ class RoomCluster:
             if text is None or code in self._ending:
                 await self._release(lease)
                 return None
+            self.writer.stored.add(code)  # before the actor records its restore: delayed
             try:
                 actor = await self.registry.restore(json.loads(text))
             except (DramaverseError, ValueError) as exc:  # InvalidSnapshot, bad JSON
@@ -413,8 +414,6 @@ class RoomCluster:
         except BaseException:
             await self._release(lease)
             raise
-        self.writer.stored.add(code)
-        self.writer.offer(actor.room)  # its members now count as disconnected from now
         self.takeovers += 1
         log.info("room %s restored here from its snapshot (lease taken)", code)
         return await self._keep(actor, lease, route or self._route(code))
@@ -448,7 +447,7 @@ class RoomCluster:
                 port.close("moved" if actor.abandoned else "ended")
             nursery.cancel_scope.cancel()
         if actor.abandoned:  # another process restores it: write nothing more, rejoin there
-            self.writer.forget(actor.code)
+            await self.writer.forget(actor.code)
             await self._listen()
             log.warning("room %s: lease lost; the room moves to another process", actor.code)
             route.actor = None
@@ -466,9 +465,9 @@ class RoomCluster:
         waiting = self._resting if actor.failed else self._ending
         waiting.add(actor.code)
         try:
-            if actor.failed:
-                self.writer.expedite(actor.code)
             with trio.move_on_after(FLUSH_SECONDS):
+                if actor.failed:
+                    await self.writer.expedite(actor.code)
                 await self.writer.settled(actor.code)
         finally:
             waiting.discard(actor.code)
@@ -539,7 +538,6 @@ class RoomCluster:
                 log.warning("room %s not restored: %s", code, exc)
                 await self._release(lease)
                 continue
-            self.writer.offer(actor.room)
             await self._keep(actor, lease, self._route(code))
             restored += 1
         if restored:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from dramaverse.actors.reply import Reply
 from dramaverse.actors.room import RoomActor, RoomGone, RoomPeer
 from dramaverse.errors import DramaverseError, Forbidden, NotFound, ServiceUnavailable
 
@@ -40,8 +41,7 @@ class Conn:
     peer: RoomPeer
     ref: int = 0  # the current join attempt (answers to older ones are ignored)
     rejoin_at: float | None = None  # remote: send the join again at this trio time
-    answer: trio.Event | None = None  # a connection awaiting its relayed join
-    error: DramaverseError | None = None
+    answer: Reply[None] | None = None  # a connection awaiting its relayed join
     leaving_until: float | None = None  # remote: left; kept until then for the answer
 
 
@@ -121,9 +121,8 @@ class RoomRoute:
         conn = self.by_peer.pop(peer, None)
         if conn is not None:
             self.conns.pop(conn.id, None)
-            if conn.answer is not None and not conn.answer.is_set():
-                conn.error = conn.error or RoomGone(f"Room {self.code} is closed; join again.")
-                conn.answer.set()
+            if conn.answer is not None:  # ignored when it was answered
+                conn.answer.fail(RoomGone(f"Room {self.code} is closed; join again."))
         self.cluster.tidy(self)
         return conn
 
@@ -133,9 +132,8 @@ class RoomRoute:
         self.stopped.set()
         for conn in list(self.conns.values()):
             conn.peer.gone = True
-            if conn.answer is not None and not conn.answer.is_set():
-                conn.error = NotFound(f"Room {self.code} not found.")
-                conn.answer.set()
+            if conn.answer is not None:
+                conn.answer.fail(NotFound(f"Room {self.code} not found."))
         self.conns.clear()
         self.by_peer.clear()
         self.cluster.tidy(self)
@@ -155,8 +153,9 @@ class RoomRoute:
             try:
                 await actor.join(conn.member, conn.name, conn.peer)
             except DramaverseError as error:
-                conn.error = error
+                if conn.answer is not None:  # a relayed join under way gets this refusal
+                    conn.answer.fail(error)
                 self.forget(conn.peer)
                 conn.peer.gone = True
             if conn.answer is not None:
-                conn.answer.set()  # a relayed join under way is answered by this one
+                conn.answer.resolve(None)  # a relayed join under way is answered by this one

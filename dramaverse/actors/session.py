@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import trio
 
 from dramaverse.actors.outbox import push_frame
+from dramaverse.actors.reply import Reply
 from dramaverse.broker.base import Broker
 from dramaverse.domain.events import UserEvent
 from dramaverse.errors import StorageUnavailable
@@ -47,6 +48,10 @@ from dramaverse.storage.base import Storage
 log = logging.getLogger(__name__)
 
 INBOX_SIZE = 256
+
+
+class SessionGone(Exception):
+    """The user's session actor stopped before the request could be handled."""
 
 
 def user_topic(user_id: int) -> str:
@@ -89,13 +94,13 @@ class AttachResult:
 
 @dataclass(eq=False)
 class Attach:
-    """Attach ``device``; ``ready(head)`` renders the frame it gets first."""
+    """Attach ``device``; ``ready(head)`` renders the frame it gets first. ``reply`` fails with
+    ``SessionGone`` when the actor could not attach it (the log unreadable, a crash)."""
 
     device: Device
     resume: int | None
     ready: Callable[[int], str]
-    done: trio.Event = field(default_factory=trio.Event)
-    result: AttachResult | None = None
+    reply: Reply[AttachResult] = field(default_factory=Reply)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +119,7 @@ class Live:
     """The replay of ``device`` reached its cursor: take it live unless it fell behind."""
 
     device: Device
-    done: trio.Event = field(default_factory=trio.Event)
-    outcome: Handover | None = None  # None: the actor stopped before answering
+    reply: Reply[Handover] = field(default_factory=Reply)  # SessionGone: the actor stopped
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +136,8 @@ Message = Attach | Detach | Live | Published | Gap
 
 
 class UserSession:
-    """The actor. Create it, start ``run`` in a nursery, talk to it through ``inbox``."""
+    """The actor. Create it, start ``run`` in a nursery (``nursery.start``: it reports started
+    once it can serve), talk to it through ``inbox``."""
 
     def __init__(
         self,
@@ -152,7 +157,6 @@ class UserSession:
         self.devices: list[Device] = list(devices or ())
         self.leftovers: list[Message] = []  # what was still queued when it crashed
         self.head = 0
-        self.ready = trio.Event()
         self.stopped = trio.Event()
         self._storage = storage
         self._broker = broker
@@ -163,6 +167,7 @@ class UserSession:
         self._start_delay = start_delay
         self._lossy = False
         self._repair_failing = False
+        self._closed = False  # the inbox's receive side is closed
 
     def _on_published(self, raw: bytes) -> None:
         """Broker callback: never blocks; an overflow is remembered and repaired from the log."""
@@ -191,8 +196,11 @@ class UserSession:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
 
-    async def run(self) -> None:
-        """Serve until idle past the grace period. A crash propagates to the supervisor."""
+    async def run(
+        self, *, task_status: trio.TaskStatus[UserSession] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until idle past the grace period; reports started (with itself, the handle)
+        once it is subscribed and knows the log's head. A crash propagates to the supervisor."""
         crashed = False
         try:
             await trio.sleep(self._start_delay)  # a restart's back-off
@@ -205,7 +213,7 @@ class UserSession:
                 # Devices taken over from a crashed session: start where the furthest behind
                 # was; each skips what it already has (its cursor).
                 self.head = min([log_head] + [d.cursor for d in self.devices if not d.replaying])
-                self.ready.set()
+                task_status.started(self)
                 if self.head < log_head:
                     await self._repair()
                 await self._loop()
@@ -213,18 +221,25 @@ class UserSession:
             crashed = True
             raise
         finally:
-            while True:
-                try:
-                    self.leftovers.append(self._receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            self._receive.close()
+            self._close_inbox()
             if not crashed:
                 self._on_exit(self)
                 release(self.leftovers)
                 for device in self.devices:
                     device.gone = True
             self.stopped.set()
+
+    def _close_inbox(self) -> None:
+        """Stop receiving; what is still queued goes to ``leftovers``. Never awaits."""
+        if self._closed:
+            return
+        self._closed = True
+        while True:
+            try:
+                self.leftovers.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        self._receive.close()
 
     async def _loop(self) -> None:
         while True:
@@ -242,7 +257,12 @@ class UserSession:
                     try:  # a message may sit in the buffer although the wait timed out
                         message = self._receive.receive_nowait()
                     except trio.WouldBlock:
-                        return  # idle past the grace period with no device: stop
+                        # Idle past the grace period with no device: stop. Leave the hub's
+                        # registry now, with the inbox empty and closed, before any await
+                        # (the unsubscribe): a request from now on starts a fresh actor.
+                        self._close_inbox()
+                        self._on_exit(self)
+                        return
                 else:
                     await self._repair()  # periodic check: nothing may be stuck upstream
                     continue
@@ -265,8 +285,7 @@ class UserSession:
                 device.gone = True
                 self.devices = [d for d in self.devices if d is not device]
             case Live(device):
-                message.outcome = self._take_live(device)
-                message.done.set()
+                message.reply.resolve(self._take_live(device))
             case Gap():
                 await self._repair()
 
@@ -335,8 +354,11 @@ class UserSession:
             await self._attach_device(request)
         except StorageUnavailable as exc:  # the device is refused; the others are not affected
             log.warning("user %d: cannot attach a device: %s", self.user_id, exc)
+            request.reply.fail(SessionGone(f"the log of user {self.user_id} is unreadable"))
         finally:
-            request.done.set()  # also on failure: the caller sees no result and gives up
+            # Also on a crash or cancellation: the caller must not wait for an answer that
+            # will never come (its device reconnects with ``resume``).
+            request.reply.fail(SessionGone(f"the session of user {self.user_id} failed"))
 
     async def _attach_device(self, request: Attach) -> None:
         device = request.device
@@ -358,11 +380,11 @@ class UserSession:
                 device.cursor = max(self.head, found.head)
         if not device.gone:
             self.devices.append(device)
-        request.result = AttachResult(self.head, resynced, replay)
+        request.reply.resolve(AttachResult(self.head, resynced, replay))
 
 
 def release(messages: list[Message]) -> None:
     """Answer requests that will never be handled, so that nobody waits for them forever."""
     for message in messages:
         if isinstance(message, Attach | Live):
-            message.done.set()
+            message.reply.fail(SessionGone("the session stopped before handling the request"))

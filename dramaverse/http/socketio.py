@@ -46,8 +46,7 @@ from typing import Any
 import trio
 from quart_trio import QuartTrio
 
-from dramaverse.actors.hub import SessionGone
-from dramaverse.actors.session import Device
+from dramaverse.actors.session import Device, SessionGone
 from dramaverse.domain.close_codes import CloseCode
 from dramaverse.errors import DramaverseError, Unauthorized
 from dramaverse.http import engineio_server

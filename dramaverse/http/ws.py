@@ -37,8 +37,7 @@ from hypercorn.typing import (
     WebsocketScope,
 )
 
-from dramaverse.actors.hub import SessionGone
-from dramaverse.actors.session import Device
+from dramaverse.actors.session import Device, SessionGone
 from dramaverse.domain.close_codes import CloseCode
 from dramaverse.domain.jsjson import unstorable_text
 from dramaverse.domain.numbers import REQUEST_ID_RULE, is_request_id

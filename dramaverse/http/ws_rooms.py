@@ -69,9 +69,9 @@ def room_host_lookup(registry: RoomRegistry, storage: Storage | None = None) -> 
     """``AppState.room_host_lookup`` backed by this process's rooms (and, with ``storage``, by
     the stored snapshots of rooms that run in other processes).
 
-    True iff the room's host is that user. For a room that lives here it reads the room's
-    ``host`` directly instead of asking the actor: one attribute read, atomic between trio
-    checkpoints, so the HTTP request never waits behind a busy room. For any other room it reads
+    True iff the room's host is that user. For a room that lives here it reads the ``host`` its
+    actor published after its last step (``RoomActor.host``) instead of asking the actor, so
+    the HTTP request never waits behind a busy room. For any other room it reads
     the room's latest snapshot (written within ROOM_SNAPSHOT_DELAY_SECONDS of a change), when
     ``storage`` is given (several processes). A malformed code raises BadRequest, which the
     caller takes as False.
@@ -80,7 +80,7 @@ def room_host_lookup(registry: RoomRegistry, storage: Storage | None = None) -> 
     async def is_host(room_code: str, user_id: int) -> bool:
         actor = registry.find(room_code)
         if actor is not None:
-            return actor.room.host == str(user_id)
+            return actor.host == str(user_id)
         if storage is None:
             return False
         text = await storage.load_room_snapshot(normalize_room_code(room_code))
