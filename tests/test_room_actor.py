@@ -14,7 +14,6 @@ import trio
 import trio.testing
 
 from dramaverse.actors.room import (
-    CLOSE_ROOM_FAILED,
     Call,
     RoomActor,
     RoomFailed,
@@ -26,6 +25,7 @@ from dramaverse.actors.room import (
     room_config,
 )
 from dramaverse.config import RateLimit, Settings, load_settings
+from dramaverse.domain.close_codes import CloseCode
 from dramaverse.domain.rooms import HANDLERS, Room
 from dramaverse.errors import ConfigError, DramaverseError
 
@@ -447,7 +447,7 @@ async def test_a_room_that_keeps_failing_closes_its_members_and_keeps_its_snapsh
         assert actor.failed
         for client in clients.values():
             assert client.evictions == [
-                (CLOSE_ROOM_FAILED, "the watch-party room failed; rejoin it")
+                (CloseCode.ROOM_FAILED, "the watch-party room failed; rejoin it")
             ]
             assert client.peer.gone
         assert registry.find(actor.code) is None

@@ -24,7 +24,6 @@ import trio.testing
 import trio_asyncio
 
 from dramaverse.actors.room import (
-    CLOSE_ROOM_FAILED,
     MAX_RESTARTS,
     RoomGone,
     RoomPeer,
@@ -40,7 +39,6 @@ from dramaverse.actors.room_cluster import (
     open_room_cluster,
 )
 from dramaverse.actors.room_relay import (
-    CLOSE_SLOW,
     RELAY_TIMEOUT,
     RelayOutbox,
     Sender,
@@ -52,6 +50,7 @@ from dramaverse.broker.base import Broker
 from dramaverse.broker.memory import MemoryBroker
 from dramaverse.broker.redis import open_redis_broker
 from dramaverse.config import Settings
+from dramaverse.domain.close_codes import CloseCode
 from dramaverse.domain.rooms import HANDLERS, Control, Room
 from dramaverse.errors import BadRequest, NotFound, ServiceUnavailable
 from dramaverse.http.ws_rooms import room_host_lookup
@@ -275,7 +274,7 @@ async def test_unknown_rooms_and_a_room_that_gives_up_while_relayed(
         logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert len(logged) == MAX_RESTARTS + 1
         assert all(code in line for line in logged)
-        assert alice.closed == [(CLOSE_ROOM_FAILED, "the watch-party room failed; rejoin it")]
+        assert alice.closed == [(CloseCode.ROOM_FAILED, "the watch-party room failed; rejoin it")]
         assert bob.closed == alice.closed  # relayed: the owner's drop closed it on b
         assert bob.peer.gone
         assert b.cluster.find(code) is None
@@ -379,7 +378,7 @@ async def test_a_relay_that_cannot_keep_up_evicts_as_a_slow_consumer() -> None:
     assert other.push(shared)  # the same broadcast: merged, takes no room
     assert not peer.push("b")  # a third item does not fit
     assert peer.gone
-    assert closed == [CLOSE_SLOW]
+    assert closed == [CloseCode.SLOW_CONSUMER]
 
 
 async def test_the_sender_batches_per_process() -> None:

@@ -20,8 +20,9 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from dramaverse.actors.room import CLOSE_ROOM_FAILED, MAX_RESTARTS, RoomActor
+from dramaverse.actors.room import MAX_RESTARTS, RoomActor
 from dramaverse.config import RateLimit, Settings
+from dramaverse.domain.close_codes import CloseCode
 from dramaverse.domain.rooms import HANDLERS
 from tests.conftest import Server, flushed, make_settings, running_server
 from tests.wsclient import open_client
@@ -796,8 +797,8 @@ async def test_a_room_that_keeps_failing_closes_with_4002_and_comes_back(
                 for _ in range(MAX_RESTARTS):
                     assert (await alice.call("room.chat", {"text": "boom"}))["status"] == 500
                 await alice.send("room.chat", {"text": "boom"})  # one failure too many
-                assert await close_code(alice.ws) == CLOSE_ROOM_FAILED
-                assert await close_code(bob.ws) == CLOSE_ROOM_FAILED
+                assert await close_code(alice.ws) == CloseCode.ROOM_FAILED
+                assert await close_code(bob.ws) == CloseCode.ROOM_FAILED
             assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 6
             writer = server.handle.state.room_snapshots
             assert writer is not None

@@ -43,6 +43,7 @@ from dramaverse.actors.session import (
 )
 from dramaverse.broker.base import Broker
 from dramaverse.config import Settings
+from dramaverse.domain.close_codes import CloseCode
 from dramaverse.errors import StorageUnavailable
 from dramaverse.storage.base import Storage
 
@@ -54,7 +55,6 @@ RESTART_LIMIT = 5  # crashes of one user's session tolerated ...
 RESTART_WINDOW_SECONDS = 60.0  # ... within this many seconds
 RESTART_BACKOFF_SECONDS = 0.1  # the second restart in a window waits this, then doubling
 RESTART_BACKOFF_MAX_SECONDS = 5.0
-CLOSE_INTERNAL_ERROR = 1011  # docs/protocol.md: reconnect with backoff and resume
 # Sessions registered and waiting for the hub's task to start them: a burst of first
 # connections (a restart: every client reconnects) queues here; the task empties it without
 # awaiting anything, so a full queue means a starved process (the device reconnects).
@@ -176,7 +176,7 @@ class SessionHub:
             release(crashed.leftovers)
             for device in devices:
                 device.gone = True
-                device.evict(CLOSE_INTERNAL_ERROR, "session failed; reconnect")
+                device.evict(CloseCode.INTERNAL_ERROR, "session failed; reconnect")
             return None
         delay = 0.0
         if len(crashes) > 1:

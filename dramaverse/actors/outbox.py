@@ -13,7 +13,7 @@ from typing import Protocol
 
 import trio
 
-CLOSE_SLOW_CONSUMER = 4001
+from dramaverse.domain.close_codes import CloseCode
 
 
 class Outbox(Protocol):
@@ -46,7 +46,7 @@ def push_frame(receiver: Receiver, frame: str) -> bool:
         receiver.outbox.send_nowait(frame)
     except trio.WouldBlock:
         receiver.gone = True
-        receiver.evict(CLOSE_SLOW_CONSUMER, "slow consumer: outbox full")
+        receiver.evict(CloseCode.SLOW_CONSUMER, "slow consumer: outbox full")
         return False
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         receiver.gone = True

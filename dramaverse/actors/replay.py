@@ -27,8 +27,8 @@ import math
 
 import trio
 
-from dramaverse.actors.outbox import CLOSE_SLOW_CONSUMER
 from dramaverse.actors.session import Device
+from dramaverse.domain.close_codes import CloseCode
 from dramaverse.storage.base import Storage
 
 PAGE = 128  # events per log read
@@ -93,7 +93,7 @@ async def wait_for_room(device: Device, patience: float) -> bool:
             delay = POLL_FIRST_SECONDS
         elif trio.current_time() - stuck_since >= patience:
             device.gone = True
-            device.evict(CLOSE_SLOW_CONSUMER, "slow consumer: outbox full")
+            device.evict(CloseCode.SLOW_CONSUMER, "slow consumer: outbox full")
         else:
             delay = min(delay * 2, POLL_MAX_SECONDS)
         used = now_used

@@ -36,7 +36,7 @@ playback and chat are those before the failed message). The sender of the failed
 the verb. Within a restart intensity (:class:`RestartIntensity`, the registry's: at most
 ``MAX_RESTARTS`` in ``RESTART_WINDOW`` seconds) a restart is in place: the inbox, the peers'
 handles and a cluster lease stay as they are, so no caller notices beyond the welcome. Past it
-the room gives up: every peer is evicted with ``CLOSE_ROOM_FAILED`` (4002, reconnect and rejoin)
+the room gives up: every peer is evicted with ``CloseCode.ROOM_FAILED`` (4002, reconnect and rejoin)
 and the actor stops with ``failed`` set, which keeps its stored snapshot (``on_end`` is not
 called), so the room comes back when someone joins it again (``room_cluster.py``) or at the next
 start. ``trio.Cancelled`` is never caught.
@@ -58,6 +58,7 @@ import trio
 from dramaverse.actors.outbox import Outbox, push_frame
 from dramaverse.actors.reply import Reply
 from dramaverse.config import Settings
+from dramaverse.domain.close_codes import CloseCode
 from dramaverse.domain.numbers import REQUEST_ID_RULE, is_request_id
 from dramaverse.domain.rooms import (
     Control,
@@ -76,7 +77,6 @@ BATCH = 32  # messages handled per wake-up at most, so timers are never starved
 TIME_EPSILON = 1e-6  # seconds: deadlines this close count as reached
 MAX_RESTARTS = 5  # restarts of one room within RESTART_WINDOW; one more and it gives up
 RESTART_WINDOW = 60.0  # seconds (trio time)
-CLOSE_ROOM_FAILED = 4002  # the room failed too often and stopped; reconnect and rejoin it
 MAX_VERB_LENGTH = 40  # of a client's message type, in the log
 T = TypeVar("T")
 
@@ -476,7 +476,7 @@ class RoomActor:
                 "restarting it from its state before"
                 if restart
                 else f"{self.restarts.max_restarts} restarts in {self.restarts.window:g} s: "
-                f"closing its {len(self.peers)} connections with {CLOSE_ROOM_FAILED}, "
+                f"closing its {len(self.peers)} connections with {CloseCode.ROOM_FAILED}, "
                 "keeping its snapshot"
             )
             log.error("room %s failed on %s; %s", self.code, verb, outcome, exc_info=error)
@@ -539,7 +539,7 @@ class RoomActor:
         for peer in self.peers.values():
             if not peer.gone:
                 peer.gone = True
-                peer.evict(CLOSE_ROOM_FAILED, "the watch-party room failed; rejoin it")
+                peer.evict(CloseCode.ROOM_FAILED, "the watch-party room failed; rejoin it")
 
     def _dispatch(self, message: Message, now: float) -> None:
         match message:

@@ -70,7 +70,6 @@ MAX_BATCH_ITEMS = 256  # items per broker message to one process
 PORT_INBOX = 256  # relayed messages waiting for one room's port; more are dropped
 RELAY_TIMEOUT = 5.0  # seconds: a relayed member no heartbeat vouched for since is disconnected
 MAX_NODE_LENGTH = 64
-CLOSE_SLOW = 4001
 
 Item = list[Any]
 
