@@ -3,7 +3,7 @@
     python -m bench.watchparty_sim [--rooms 50] [--members 4] [--clock mock|real] [--seed 1]
     python -m bench.watchparty_sim --rooms 2000 --clock real      # the target scale
 
-Everything runs in one process: a real :class:`~dramaverse.actors.room.RoomRegistry` with its
+Everything runs in one process: a real :class:`~dramaverse.actors.room_registry.RoomRegistry` with its
 room actors (default ``Settings()``), and one simulated client per member. Messages travel by
 in-process message passing with injected network behaviour: every member has its own one-way
 delay (uniform 20-300 ms, ``--delay-min/--delay-max``, the same base both ways), a per-message
@@ -113,14 +113,9 @@ from bench.wsclient import (
     register_users,
 )
 from dramaverse import collector
-from dramaverse.actors.room import (
-    Command,
-    RoomActor,
-    RoomPeer,
-    RoomRegistry,
-    ServerClock,
-    open_rooms,
-)
+from dramaverse.actors.room import RoomActor, ServerClock
+from dramaverse.actors.room_messages import Command, RoomPeer
+from dramaverse.actors.room_registry import RoomRegistry, open_rooms
 from dramaverse.config import Settings
 
 SCRIPT = 55.0  # seconds of each room's script

@@ -13,17 +13,9 @@ import pytest
 import trio
 import trio.testing
 
-from dramaverse.actors.room import (
-    Call,
-    RoomActor,
-    RoomFailed,
-    RoomGone,
-    RoomPeer,
-    RoomRegistry,
-    ServerClock,
-    open_rooms,
-    room_config,
-)
+from dramaverse.actors.room import RoomActor, ServerClock, room_config
+from dramaverse.actors.room_messages import Call, RoomFailed, RoomGone, RoomPeer
+from dramaverse.actors.room_registry import RoomRegistry, open_rooms
 from dramaverse.config import RateLimit, Settings, load_settings
 from dramaverse.domain.close_codes import CloseCode
 from dramaverse.domain.rooms import HANDLERS, Room

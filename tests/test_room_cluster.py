@@ -23,13 +23,7 @@ import trio
 import trio.testing
 import trio_asyncio
 
-from dramaverse.actors.room import (
-    MAX_RESTARTS,
-    RoomGone,
-    RoomPeer,
-    open_rooms,
-    render_json,
-)
+from dramaverse.actors.room import MAX_RESTARTS
 from dramaverse.actors.room_cluster import (
     BEAT_SECONDS,
     JOIN_TIMEOUT,
@@ -38,6 +32,8 @@ from dramaverse.actors.room_cluster import (
     RoomCluster,
     open_room_cluster,
 )
+from dramaverse.actors.room_messages import RoomGone, RoomPeer, render_json
+from dramaverse.actors.room_registry import open_rooms
 from dramaverse.actors.room_relay import (
     RELAY_TIMEOUT,
     RelayOutbox,

@@ -11,7 +11,8 @@ from typing import Any, cast
 import trio
 import trio.testing
 
-from dramaverse.actors.room import ServerClock, open_rooms
+from dramaverse.actors.room import ServerClock
+from dramaverse.actors.room_registry import open_rooms
 from dramaverse.actors.room_snapshots import (
     REFRESH_SECONDS,
     RETRY_SECONDS,

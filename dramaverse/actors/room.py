@@ -1,4 +1,5 @@
-"""The room actor (one trio task per watch-party room) and the room registry.
+"""The room actor: one trio task per watch-party room (its registry is ``room_registry.py``,
+its messages ``room_messages.py``).
 
 The actor is thin: it owns one pure :class:`~dramaverse.domain.rooms.Room`, takes joins,
 commands and disconnects from its bounded inbox, calls ``room.tick`` whenever the room's next
@@ -44,31 +45,38 @@ start. ``trio.Cancelled`` is never caught.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import trio
 
-from dramaverse.actors.outbox import Outbox, push_frame
 from dramaverse.actors.reply import Reply
+from dramaverse.actors.room_messages import (
+    Call,
+    Command,
+    Disconnect,
+    Join,
+    Message,
+    RoomFailed,
+    RoomGone,
+    RoomPeer,
+    check_request_id,
+    error_frame,
+    verb_of,
+)
 from dramaverse.config import Settings
 from dramaverse.domain.close_codes import CloseCode
-from dramaverse.domain.numbers import REQUEST_ID_RULE, is_request_id
+from dramaverse.domain.numbers import is_request_id
 from dramaverse.domain.rooms import (
-    Control,
     Room,
     RoomConfig,
     Send,
-    new_room_code,
-    normalize_room_code,
 )
-from dramaverse.errors import BadRequest, DramaverseError, Forbidden, NotFound, ServiceUnavailable
+from dramaverse.errors import DramaverseError, Forbidden
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +85,8 @@ BATCH = 32  # messages handled per wake-up at most, so timers are never starved
 TIME_EPSILON = 1e-6  # seconds: deadlines this close count as reached
 MAX_RESTARTS = 5  # restarts of one room within RESTART_WINDOW; one more and it gives up
 RESTART_WINDOW = 60.0  # seconds (trio time)
-MAX_VERB_LENGTH = 40  # of a client's message type, in the log
 T = TypeVar("T")
-
-
-def render_json(message: dict[str, Any]) -> str:
-    """The native protocol's frame for a room message: compact JSON, UTF-8 kept as is."""
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_inf = float("inf")
 
 
 def room_config(settings: Settings) -> RoomConfig:
@@ -126,15 +129,6 @@ class ServerClock:
         return server_time - self._offset
 
 
-class RoomGone(ServiceUnavailable):
-    """The room actor stopped before the request could be handled; join again."""
-
-
-class RoomFailed(DramaverseError):
-    """The room failed on this request (a server bug) and was restarted from its state before
-    it: the request was not applied (500)."""
-
-
 @dataclass(eq=False)
 class RestartIntensity:
     """At most ``max_restarts`` restarts within ``window`` seconds (OTP's restart intensity)."""
@@ -151,108 +145,6 @@ class RestartIntensity:
             return False
         self.times.append(now)
         return True
-
-
-@dataclass(eq=False)
-class RoomPeer:
-    """One connection of a member as the room sees it.
-
-    ``evict(code, reason)`` is called from the actor's task when the connection must go (a full
-    outbox: 4001); it must not block. ``render`` turns a room message into the transport's
-    frame; the actor renders a broadcast once per distinct renderer. ``on_error(status)`` is
-    called (in the actor's task, must not block) when the actor answers this peer with an error
-    frame, so a transport can count malformed commands. ``gone`` is set by whoever learns first
-    that the connection ended.
-    """
-
-    outbox: Outbox
-    evict: Callable[[int, str], None] = lambda code, reason: None
-    render: Callable[[dict[str, Any]], str] = render_json
-    on_error: Callable[[int], None] = lambda status: None
-    gone: bool = False
-
-    def push(self, frame: str) -> bool:
-        """Queue a frame without waiting; evict the peer when its outbox is full."""
-        return push_frame(self, frame)
-
-
-@dataclass(eq=False)
-class Join:
-    member_id: str
-    name: str
-    peer: RoomPeer
-    reply: Reply[dict[str, Any]] = field(default_factory=Reply)
-
-
-@dataclass(eq=False)
-class Command:
-    """A client command. With ``reply`` the caller awaits the result; otherwise the answer
-    (``ack`` with ``request_id``, or ``error``) goes to the member's peer. With ``peer`` the
-    command counts only if that peer is still the member's connection (another connection of
-    the member may have replaced it); it is refused with 403 otherwise."""
-
-    member_id: str
-    kind: object
-    data: object
-    request_id: object = None
-    reply: Reply[dict[str, Any]] | None = None
-    peer: RoomPeer | None = None
-
-
-@dataclass(eq=False)
-class Disconnect:
-    member_id: str
-    peer: RoomPeer
-
-
-@dataclass(eq=False)
-class Call:
-    """Run ``fn(room, now)`` inside the actor (reads and admin changes; never blocking)."""
-
-    fn: Callable[[Room, float], Any]
-    reply: Reply[Any] = field(default_factory=Reply)
-
-
-Message = Join | Command | Disconnect | Call
-
-
-@dataclass(eq=False)
-class Start:
-    """Start ``actor`` (registered already) in the registry's nursery; answers its handle."""
-
-    actor: RoomActor
-    reply: Reply[RoomActor] = field(default_factory=Reply)
-
-
-START_QUEUE = 64  # start requests waiting for the registry's task (each start is brief)
-START_TIMEOUT = 10.0  # seconds a caller waits, shielded, for its room's start
-
-
-def _error_frame(error: DramaverseError, request_id: object) -> dict[str, Any]:
-    frame: dict[str, Any] = {"type": "error", "status": error.status, "message": error.message}
-    if request_id is not None:
-        frame["id"] = request_id
-    return frame
-
-
-def _verb(message: Message) -> str:
-    """What a message was, for the log (a client's type is cut short: it may be anything)."""
-    match message:
-        case Command(kind=kind):
-            text = kind if isinstance(kind, str) else repr(kind)
-            return text[:MAX_VERB_LENGTH]
-        case Join():
-            return "room.join"
-        case Disconnect():
-            return "disconnect"
-        case Call():
-            return "call"
-    return "?"
-
-
-def _check_request_id(request_id: object) -> None:
-    if request_id is not None and not is_request_id(request_id):
-        raise BadRequest(f"id must be {REQUEST_ID_RULE}.")
 
 
 class RoomActor:
@@ -470,7 +362,7 @@ class RoomActor:
         from its last good state; False (the actor stops) past the restart intensity."""
         while True:
             message, self._current = self._current, None
-            verb = _verb(message) if message is not None else self._step
+            verb = verb_of(message) if message is not None else self._step
             restart = self.restarts.allow(trio.current_time())
             outcome = (
                 "restarting it from its state before"
@@ -503,7 +395,7 @@ class RoomActor:
             peer = message.peer or self.peers.get(message.member_id)
             if peer is not None:
                 request_id = message.request_id if is_request_id(message.request_id) else None
-                peer.push(peer.render(_error_frame(failed, request_id)))
+                peer.push(peer.render(error_frame(failed, request_id)))
                 peer.on_error(failed.status)
 
     def _restart(self) -> None:
@@ -576,7 +468,7 @@ class RoomActor:
         if stale:
             peer = command.peer  # replaced or gone: answer the sender, change nothing
         try:
-            _check_request_id(command.request_id)
+            check_request_id(command.request_id)
             if stale:
                 raise Forbidden("You are not in this room (another connection replaced this one).")
             outcome = self.room.handle(command.member_id, command.kind, command.data, now)
@@ -585,7 +477,7 @@ class RoomActor:
                 command.reply.fail(error)
             elif peer is not None:
                 request_id = command.request_id if is_request_id(command.request_id) else None
-                peer.push(peer.render(_error_frame(error, request_id)))
+                peer.push(peer.render(error_frame(error, request_id)))
                 peer.on_error(error.status)
             return
         if command.reply is not None:
@@ -623,204 +515,3 @@ class RoomActor:
                 del self.peers[member_id]
                 sends += self.room.disconnect(member_id, now)
         return sends
-
-
-_inf = float("inf")
-
-
-class RoomRegistry:
-    """Creates rooms under unguessable codes, finds them, restores them from snapshots.
-
-    ``taken(code)`` lets a caller veto codes in use elsewhere (other processes, storage).
-    ``on_change(room)`` is called in the room's task after every change a snapshot would
-    record; it must not block (hand the snapshot to a writer task with ``send_nowait``).
-    ``on_end(code)`` is called when a room actor ended by itself (empty past its grace), not
-    when it was cancelled (shutdown), abandoned or gave up after too many failures: its snapshot
-    is of no more use.
-
-    Supervision: each actor gets a :class:`RestartIntensity` of ``max_restarts`` in
-    ``restart_window`` seconds; the actor applies it in its own task (only that task touches the
-    room), restarting in place from its last good state (see the module docstring).
-    """
-
-    def __init__(
-        self,
-        nursery: trio.Nursery,
-        config: RoomConfig,
-        clock: ServerClock,
-        *,
-        empty_grace: float,
-        on_change: Callable[[Room], None] = lambda _: None,
-        on_end: Callable[[str], None] = lambda _: None,
-        taken: Callable[[str], bool] = lambda _: False,
-        max_restarts: int = MAX_RESTARTS,
-        restart_window: float = RESTART_WINDOW,
-    ) -> None:
-        self._nursery = nursery
-        self._max_restarts = max_restarts
-        self._restart_window = restart_window
-        self.config = config
-        self.clock = clock
-        self._empty_grace = empty_grace
-        self._on_change = on_change
-        self._on_end = on_end
-        self._taken = taken
-        self.rooms: dict[str, RoomActor] = {}
-        self._starts, self._start_requests = trio.open_memory_channel[Start](START_QUEUE)
-
-    async def run(
-        self, *, task_status: trio.TaskStatus[RoomRegistry] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """The registry's own task: it alone starts tasks in the registry's nursery, one room
-        at a time (``nursery.start``: a room reports started without I/O), until cancelled."""
-        task_status.started(self)
-        request: Start | None = None
-        try:
-            async for request in self._start_requests:
-                try:
-                    actor = await self._nursery.start(self._supervise, request.actor)
-                except Exception as error:  # failed before it could serve (logged)
-                    self._forget(request.actor)
-                    request.reply.fail(error)
-                    continue
-                request.reply.resolve(actor)
-        finally:  # stopping (shutdown): nobody waits for a start that will not come
-            self._start_requests.close()
-            pending = [request] if request is not None else []
-            while True:
-                try:
-                    pending.append(self._start_requests.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                    break
-            for waiting in pending:
-                self._forget(waiting.actor)
-                waiting.reply.fail(ServiceUnavailable("The server is stopping; try again."))
-
-    async def create(
-        self,
-        creator: str,
-        name: str,
-        *,
-        control: Control = Control.HOST,
-        wait_for_joiners: bool = False,
-        code: str | None = None,
-    ) -> RoomActor:
-        """A new room with ``creator`` as host (who then joins with a peer), under ``code``
-        (from :meth:`new_code`, claimed by the caller) or a fresh one."""
-        if code is None:
-            code = self.new_code()
-        elif code in self.rooms:
-            raise BadRequest(f"Room {code} is already running here.")
-        room = Room.create(
-            code,
-            self.config,
-            creator=creator,
-            name=name,
-            now=self.clock.now(),
-            control=control,
-            wait_for_joiners=wait_for_joiners,
-        )
-        return await self._start(room)
-
-    def new_code(self) -> str:
-        """An unused code: not running here, not vetoed by ``taken``."""
-        for _ in range(100):
-            code = new_room_code()
-            if code not in self.rooms and not self._taken(code):
-                return code
-        # 8.5e11 codes: only a broken ``taken`` gets here
-        raise ServiceUnavailable("No free room code; try again.")
-
-    async def restore(self, snapshot: dict[str, Any]) -> RoomActor:
-        """Start the actor of a room from its snapshot (after a restart or a lease takeover)."""
-        room = Room.restore(snapshot, self.config, now=self.clock.now())
-        if room.code in self.rooms:
-            raise BadRequest(f"Room {room.code} is already running here.")
-        return await self._start(room, restored=True)
-
-    async def _start(self, room: Room, *, restored: bool = False) -> RoomActor:
-        actor = RoomActor(
-            room,
-            self.clock,
-            empty_grace=self._empty_grace,
-            on_change=self._on_change,
-            on_exit=self._forget,
-            restarts=RestartIntensity(self._max_restarts, self._restart_window),
-            restored=restored,
-        )
-        self.rooms[room.code] = actor  # registered at once: a second start of the code is refused
-        request = Start(actor)
-        try:
-            self._starts.send_nowait(request)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            self._forget(actor)
-            raise ServiceUnavailable("Too many rooms are starting; try again.") from None
-        # Shielded: a caller cancelled now (its client left) must still get the handle it
-        # answers for (a lease, a route), or the room would run with no owner. Bounded: the
-        # start does no I/O, and a stopping registry fails what it did not start.
-        with trio.CancelScope(shield=True), trio.move_on_after(START_TIMEOUT):
-            return await request.reply.wait()
-        raise ServiceUnavailable(f"Room {room.code} did not start; try again.")
-
-    def find(self, code: object) -> RoomActor | None:
-        """The live actor for a code as typed (any case, dashes), or None."""
-        return self.rooms.get(normalize_room_code(code))
-
-    def get(self, code: object) -> RoomActor:
-        actor = self.find(code)
-        if actor is None:
-            raise NotFound(f"Room {code} not found.")
-        return actor
-
-    def _forget(self, actor: RoomActor) -> None:
-        if self.rooms.get(actor.code) is actor:
-            del self.rooms[actor.code]
-
-    async def _supervise(
-        self,
-        actor: RoomActor,
-        *,
-        task_status: trio.TaskStatus[RoomActor] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        try:
-            await actor.run(task_status=task_status)
-        except Exception:  # the actor's own cleanup failed (its steps are restarted inside)
-            log.exception("room actor %s crashed", actor.code)
-            return  # the room may come back from its snapshot
-        # Moved to another process, or given up after failures: its snapshot must stay.
-        if not actor.abandoned and not actor.failed:
-            self._on_end(actor.code)  # not reached when cancelled
-
-    def close(self) -> None:
-        """Stop every room actor."""
-        self._nursery.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def open_rooms(
-    settings: Settings,
-    *,
-    clock: ServerClock | None = None,
-    on_change: Callable[[Room], None] = lambda _: None,
-    on_end: Callable[[str], None] = lambda _: None,
-    taken: Callable[[str], bool] = lambda _: False,
-    max_restarts: int = MAX_RESTARTS,
-    restart_window: float = RESTART_WINDOW,
-) -> AsyncIterator[RoomRegistry]:
-    """Own the nursery of every room actor (started by the registry's task); leaving cancels
-    them."""
-    async with trio.open_nursery() as nursery:
-        registry = RoomRegistry(
-            nursery,
-            room_config(settings),
-            clock or ServerClock(),
-            empty_grace=settings.watch_empty_room_seconds,
-            on_change=on_change,
-            on_end=on_end,
-            taken=taken,
-            max_restarts=max_restarts,
-            restart_window=restart_window,
-        )
-        await nursery.start(registry.run)
-        yield registry
-        nursery.cancel_scope.cancel()

@@ -65,7 +65,8 @@ from typing import Any
 import trio
 
 from dramaverse.actors.reply import Reply
-from dramaverse.actors.room import RoomActor, RoomRegistry, ServerClock
+from dramaverse.actors.room import RoomActor, ServerClock
+from dramaverse.actors.room_registry import RoomRegistry
 from dramaverse.actors.room_relay import (
     RELAY_TIMEOUT,
     RoomPort,

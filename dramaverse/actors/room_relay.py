@@ -50,7 +50,8 @@ from typing import Any
 
 import trio
 
-from dramaverse.actors.room import RoomActor, RoomGone, RoomPeer, render_json
+from dramaverse.actors.room import RoomActor
+from dramaverse.actors.room_messages import RoomGone, RoomPeer, render_json
 from dramaverse.broker.base import Broker
 from dramaverse.errors import (
     BadRequest,

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from dramaverse.actors.reply import Reply
-from dramaverse.actors.room import RoomActor, RoomGone, RoomPeer
+from dramaverse.actors.room import RoomActor
+from dramaverse.actors.room_messages import RoomGone, RoomPeer
 from dramaverse.errors import DramaverseError, Forbidden, NotFound, ServiceUnavailable
 
 if TYPE_CHECKING:

@@ -57,7 +57,9 @@ from typing import Any
 import trio
 
 from dramaverse.actors.reply import Reply
-from dramaverse.actors.room import RoomActor, RoomGone, RoomRegistry, ServerClock, open_rooms
+from dramaverse.actors.room import RoomActor, ServerClock
+from dramaverse.actors.room_messages import RoomGone
+from dramaverse.actors.room_registry import RoomRegistry, open_rooms
 from dramaverse.config import Settings
 from dramaverse.domain.rooms import Room
 from dramaverse.errors import DramaverseError

@@ -13,8 +13,8 @@ from quart import current_app
 
 from dramaverse.actors.catalog import CatalogKeeper
 from dramaverse.actors.hub import SessionHub
-from dramaverse.actors.room import RoomRegistry
 from dramaverse.actors.room_cluster import RoomCluster
+from dramaverse.actors.room_registry import RoomRegistry
 from dramaverse.actors.room_snapshots import SnapshotWriter
 from dramaverse.broker.base import Broker
 from dramaverse.config import Settings

@@ -32,8 +32,9 @@ from typing import Any
 
 import trio
 
-from dramaverse.actors.room import RoomGone, RoomPeer, RoomRegistry, render_json
 from dramaverse.actors.room_cluster import RoomCluster
+from dramaverse.actors.room_messages import RoomGone, RoomPeer, render_json
+from dramaverse.actors.room_registry import RoomRegistry
 from dramaverse.actors.room_routes import RoomRoute
 from dramaverse.domain.numbers import REQUEST_ID_RULE, is_request_id
 from dramaverse.domain.room_rules import message_fields
