@@ -36,14 +36,7 @@ from dramaverse.broker import open_broker
 from dramaverse.cluster.worker import worker_app, worker_binds
 from dramaverse.config import Settings
 from dramaverse.errors import DramaverseError, lone_error
-from dramaverse.http import (
-    boundary,
-    compression,
-    direct_ws,
-    keepalive_timer,
-    read_loop,
-    send_coalescing,
-)
+from dramaverse.http import direct_ws
 from dramaverse.http.app import create_app
 from dramaverse.http.fastpath import LibraryWriteFastPath
 from dramaverse.http.socketio import engine_server
@@ -53,6 +46,7 @@ from dramaverse.http.worker_routing import WorkerRouter
 from dramaverse.http.ws import PATH as NATIVE_PATH
 from dramaverse.http.ws import NativeSocketEndpoint
 from dramaverse.http.ws_rooms import room_host_lookup
+from dramaverse.server import fence
 from dramaverse.storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -71,11 +65,7 @@ class ServerHandle:
 
 
 def hypercorn_config(settings: Settings) -> Config:
-    compression.install()
-    send_coalescing.install()
-    read_loop.install()
-    keepalive_timer.install()
-    boundary.install()  # last: nothing one connection does reaches the server's nursery
+    fence.install()  # Hypercorn patched, or plain with one warning (dramaverse/server/)
     config = Config()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = worker_binds(settings) or [f"{host}:{settings.port}"]  # docs/scaling.md

@@ -1,4 +1,4 @@
-"""http/boundary.py: one connection's failure ends that connection, never the server.
+"""server/boundary.py: one connection's failure ends that connection, never the server.
 
 Raw requests over real sockets against the real server, as an attacker or a careless client
 would send them (issue 12), and a fault injected into Hypercorn's protocol layer to prove the
@@ -15,7 +15,7 @@ import pytest
 import trio
 from hypercorn.protocol.h11 import H11Protocol
 
-from dramaverse.http.boundary import valid_websocket_key
+from dramaverse.server.boundary import valid_websocket_key
 from tests.conftest import Server
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -135,13 +135,13 @@ async def test_an_unexpected_failure_ends_only_its_connection(
     async with raw(server) as bystander:  # a keep-alive neighbour, open across the failure
         await bystander.send_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (await read_until(bystander, b'"ok"}')).startswith(b"HTTP/1.1 200")
-        with caplog.at_level(logging.ERROR, logger="dramaverse.http.boundary"):
+        with caplog.at_level(logging.ERROR, logger="dramaverse.server.boundary"):
             async with raw(server) as victim:
                 await victim.send_all(b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n")
                 answer = await read_all(victim)
         assert answer.startswith(b"HTTP/1.1 500")
         assert answer.endswith(b'{"message":"Internal Server Error"}')
-        failures = [r for r in caplog.records if r.name == "dramaverse.http.boundary"]
+        failures = [r for r in caplog.records if r.name == "dramaverse.server.boundary"]
         assert len(failures) == 1
         assert "injected failure" in (failures[0].exc_text or "")
         await bystander.send_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -102,7 +102,7 @@ async def test_shutdown_closes_an_idle_keep_alive_connection_without_waiting_the
     tmp_path: Path, path: str
 ) -> None:
     # Quart-Trio routes: the request's nursery is cancelled as the response ends, which once
-    # kept Hypercorn from starting the connection's idle timer (http/keepalive_timer.py).
+    # kept Hypercorn from starting the connection's idle timer (server/keepalive_timer.py).
     settings = make_settings(tmp_path, shutdown_grace_seconds=600)
     async with running_server(settings) as server:
         host, port = server.url.removeprefix("http://").rsplit(":", 1)

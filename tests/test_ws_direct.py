@@ -26,7 +26,7 @@ import trio.testing
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from dramaverse.http import direct_ws, read_loop
+from dramaverse.http import direct_ws
 from dramaverse.http.direct_ws import (
     COMPRESS_MIN_BYTES,
     accept_token,
@@ -35,6 +35,7 @@ from dramaverse.http.direct_ws import (
     parse_upgrade,
     unmask,
 )
+from dramaverse.server import fence
 from tests.asgi import answer_lifespan
 from tests.cluster import free_port
 from tests.conftest import Server, make_settings, running_server
@@ -136,7 +137,7 @@ class Echo:
 
 @asynccontextmanager
 async def serving(app: Echo, *, claim: bool = True) -> AsyncIterator[int]:
-    read_loop.install()
+    fence.install()
     port = free_port()
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
@@ -800,7 +801,7 @@ async def test_a_stalled_writer_holds_back_other_writers_until_the_connection_is
         finally:
             finished.set()
 
-    read_loop.install()
+    fence.install()
     port = free_port()
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]

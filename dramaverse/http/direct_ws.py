@@ -52,7 +52,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import split_comma_header
 
-from dramaverse.http import boundary
+from dramaverse.server import boundary
 
 if TYPE_CHECKING:
     from hypercorn.config import Config

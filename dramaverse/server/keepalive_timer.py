@@ -10,9 +10,10 @@ keep-alive client whose last request went to a Quart route, a relay's pool conne
 worker among them) was then never closed by the server: not after the keep-alive timeout, and
 not at shutdown, where Hypercorn waited the whole ``SHUTDOWN_GRACE_SECONDS`` for it.
 
-:func:`install` makes Hypercorn's connection-state updates (``Updated(idle=...)``: start or stop
-that timer) run shielded: they take no time (a lock held for no await, a task started), and
-the caller's cancellation is delivered at its next checkpoint, as before.
+:func:`protocol_send` (installed by :func:`dramaverse.server.fence.install`) makes Hypercorn's
+connection-state updates (``Updated(idle=...)``: start or stop that timer) run shielded: they
+take no time (a lock held for no await, a task started), and the caller's cancellation is
+delivered at its next checkpoint, as before.
 """
 
 from __future__ import annotations
@@ -24,14 +25,9 @@ from hypercorn.trio.tcp_server import TCPServer
 _ORIGINAL = TCPServer.protocol_send
 
 
-async def _protocol_send(self: TCPServer, event: Event) -> None:
+async def protocol_send(self: TCPServer, event: Event) -> None:
     if isinstance(event, Updated):
         with trio.CancelScope(shield=True):
             await _ORIGINAL(self, event)
         return
     await _ORIGINAL(self, event)
-
-
-def install() -> None:
-    """Patch Hypercorn's trio TCP server (idempotent)."""
-    TCPServer.protocol_send = _protocol_send  # type: ignore[method-assign]

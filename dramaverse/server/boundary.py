@@ -3,13 +3,13 @@
 Hypercorn runs every TCP connection as ``TCPServer.run`` in one nursery shared by all
 connections, and lets anything but ``OSError`` out of it. An exception in its protocol layers
 (wsproto decoding a header as ASCII, say) therefore ended every connection and the process: one
-anonymous request was an outage (issue 12). :func:`install` wraps ``TCPServer.run`` so that an
+anonymous request was an outage (issue 12). :func:`run` wraps ``TCPServer.run`` so that an
 exception from one connection is
 
 - logged once, with the client's address and a traceback (tracebacks are rate-limited: an
   attacker repeating one request must not fill the disk; the rest are counted),
 - answered when nothing has been answered yet on an HTTP/1.1 connection (a 500 with the API's
-  JSON body and ``Connection: close``), and
+  JSON body and ``Connection: close``; :func:`guard_reads` around the read loop), and
 - ends that connection only.
 
 ``trio.Cancelled`` is never caught: a server shutting down still stops.
@@ -18,6 +18,9 @@ It also makes Hypercorn's WebSocket handshake treat what a client controls as by
 validated (:class:`CheckedHandshake`): a ``Sec-WebSocket-Protocol`` or ``-Extensions`` value that
 is not ASCII, or a ``Sec-WebSocket-Key`` that is not the base64 of 16 bytes (RFC 6455 §4.2.1),
 makes the handshake invalid, which Hypercorn answers with 400.
+
+:func:`dramaverse.server.fence.install` installs all three; on a Hypercorn it does not know, only
+:func:`run`, the one that needs nothing of Hypercorn but "one call per connection".
 """
 
 from __future__ import annotations
@@ -137,7 +140,7 @@ def _report(peer: str, error: BaseException) -> None:
         )
 
 
-def _guard_reads(read_data: Callable[[TCPServer], Awaitable[None]]) -> Any:
+def guard_reads(read_data: Callable[[TCPServer], Awaitable[None]]) -> Any:
     """The read loop, answering 500 before a failure in the protocol layers leaves it."""
 
     async def guarded(self: TCPServer) -> None:
@@ -145,13 +148,13 @@ def _guard_reads(read_data: Callable[[TCPServer], Awaitable[None]]) -> Any:
             await read_data(self)
         except Exception:
             await _answer(self)
-            raise  # on to _run: the connection's task group cancels its tasks on the way
+            raise  # on to run: the connection's task group cancels its tasks on the way
 
-    guarded.boundary_inner = read_data  # type: ignore[attr-defined]
     return guarded
 
 
-async def _run(self: TCPServer) -> None:
+async def run(self: TCPServer) -> None:
+    """``TCPServer.run`` for one connection, whose failure ends that connection only."""
     peer = _peer(self)  # before the connection is closed on the way out
     try:
         await _ORIGINAL_RUN(self)
@@ -163,16 +166,3 @@ async def _run(self: TCPServer) -> None:
             _report(peer, errors)
         if rest is not None:
             raise rest from None
-
-
-def install() -> None:
-    """Wrap every Hypercorn connection in the boundary (idempotent).
-
-    Call it after anything else that replaces ``TCPServer._read_data`` (``read_loop``): the
-    boundary wraps the read loop in force.
-    """
-    TCPServer.run = _run  # type: ignore[method-assign]
-    current = TCPServer._read_data
-    inner = getattr(current, "boundary_inner", current)
-    TCPServer._read_data = _guard_reads(inner)  # type: ignore[method-assign]
-    ws_stream.Handshake = CheckedHandshake  # type: ignore[misc]

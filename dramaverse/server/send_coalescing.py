@@ -5,9 +5,10 @@ chunk, and the end of the message (an empty write when the length is known). Eac
 system call plus a Trio scheduling round trip, and on the library-write path, where the body is
 ``{"success":true}``, those sends cost more than the request's own work.
 
-:func:`install` wraps ``H11Protocol`` so that the head of a response is held back and written
-together with the first bytes that follow it (the body, or the end of the message), and empty
-writes are skipped. Nothing else changes: bytes go out in the same order, a streamed response
+:func:`send_h11_event` and :func:`stream_send` (installed on ``H11Protocol`` by
+:func:`dramaverse.server.fence.install`) hold back the head of a response and write it together
+with the first bytes that follow it (the body, or the end of the message), and skip empty
+writes. Nothing else changes: bytes go out in the same order, a streamed response
 still sends each later chunk as it comes, and error responses Hypercorn writes by itself
 (``_send_error_response``) are never held.
 """
@@ -26,7 +27,7 @@ _HOLD = "_dramaverse_hold_next"
 _HELD = "_dramaverse_held"
 
 
-async def _send_h11_event(self: H11Protocol, event: Any) -> None:
+async def send_h11_event(self: H11Protocol, event: Any) -> None:
     try:
         data = self.connection.send(event)
     except h11.LocalProtocolError:
@@ -44,7 +45,7 @@ async def _send_h11_event(self: H11Protocol, event: Any) -> None:
         await self.send(RawData(data=data))
 
 
-async def _stream_send(self: H11Protocol, event: Any) -> None:
+async def stream_send(self: H11Protocol, event: Any) -> None:
     if isinstance(event, Response) and event.status_code >= 200:
         self.__dict__[_HOLD] = True
     await _ORIGINAL_STREAM_SEND(self, event)
@@ -52,9 +53,3 @@ async def _stream_send(self: H11Protocol, event: Any) -> None:
         held = self.__dict__.pop(_HELD, None)
         if held:  # never strand bytes, whatever the sequence of events was
             await self.send(RawData(data=held))
-
-
-def install() -> None:
-    """Patch Hypercorn's HTTP/1.1 protocol (idempotent)."""
-    H11Protocol._send_h11_event = _send_h11_event  # type: ignore[method-assign]
-    H11Protocol.stream_send = _stream_send  # type: ignore[method-assign]

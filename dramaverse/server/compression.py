@@ -10,14 +10,14 @@ compression. Our frames are small JSON objects that compress well on their own, 
 ratio is lost.
 
 Hypercorn builds its extension list inside ``hypercorn.protocol.ws_stream`` with a bare
-``PerMessageDeflate()``; :func:`install` points that one name at the stateless variant.
+``PerMessageDeflate()``; :func:`dramaverse.server.fence.install` points that one name at
+:class:`StatelessPerMessageDeflate`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import hypercorn.protocol.ws_stream as ws_stream
 from wsproto.extensions import PerMessageDeflate
 
 
@@ -26,8 +26,3 @@ class StatelessPerMessageDeflate(PerMessageDeflate):
         options.setdefault("client_no_context_takeover", True)
         options.setdefault("server_no_context_takeover", True)
         super().__init__(**options)
-
-
-def install() -> None:
-    """Make Hypercorn negotiate stateless permessage-deflate (idempotent)."""
-    ws_stream.PerMessageDeflate = StatelessPerMessageDeflate  # type: ignore[attr-defined,assignment]
