@@ -4,7 +4,8 @@
     python -m bench.watchparty_sim --rooms 2000 --clock real      # the target scale
 
 Everything runs in one process: a real
-:class:`~dramaverse.actors.room_registry.RoomRegistry` with its room actors (default ``Settings()``), and one simulated client per member. Messages travel by
+:class:`~dramaverse.actors.room_registry.RoomRegistry` with its room actors (default
+``Settings()``), and one simulated client per member. Messages travel by
 in-process message passing with injected network behaviour: every member has its own one-way
 delay (uniform 20-300 ms, ``--delay-min/--delay-max``, the same base both ways), a per-message
 jitter (uniform 0-50 ms, ``--jitter``), in-order delivery per direction (a WebSocket is one TCP
