@@ -34,18 +34,18 @@ from dramaverse.actors.hub import open_hub, run_event_pruner
 from dramaverse.actors.room_cluster import open_room_cluster
 from dramaverse.broker import open_broker
 from dramaverse.cluster.worker import worker_app, worker_binds
+from dramaverse.cluster.worker_routing import WorkerRouter
 from dramaverse.config import Settings
 from dramaverse.errors import DramaverseError, lone_error
 from dramaverse.http import direct_ws
 from dramaverse.http.app import create_app
 from dramaverse.http.fastpath import LibraryWriteFastPath
-from dramaverse.http.socketio import engine_server
 from dramaverse.http.state import AppState
 from dramaverse.http.unread_body import CloseOnUnreadBody
-from dramaverse.http.worker_routing import WorkerRouter
-from dramaverse.http.ws import PATH as NATIVE_PATH
-from dramaverse.http.ws import NativeSocketEndpoint
-from dramaverse.http.ws_rooms import room_host_lookup
+from dramaverse.realtime.socketio import engine_server
+from dramaverse.realtime.ws import PATH as NATIVE_PATH
+from dramaverse.realtime.ws import NativeSocketEndpoint
+from dramaverse.realtime.ws_rooms import room_host_lookup
 from dramaverse.server import fence
 from dramaverse.storage import open_storage
 

@@ -21,9 +21,15 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from dramaverse.config import load_settings
 from dramaverse.domain.events import UserEvent
 from dramaverse.errors import ConfigError
-from dramaverse.http.engineio import SEPARATOR, EngineConfig, EngineSession, PacketError, Transport
-from dramaverse.http.socketio import RecoveryIds, SocketIOConnection
-from dramaverse.http.socketio_codec import (
+from dramaverse.realtime.engineio import (
+    SEPARATOR,
+    EngineConfig,
+    EngineSession,
+    PacketError,
+    Transport,
+)
+from dramaverse.realtime.socketio import RecoveryIds, SocketIOConnection
+from dramaverse.realtime.socketio_codec import (
     ACK,
     BINARY_EVENT,
     CONNECT,

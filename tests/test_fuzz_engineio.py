@@ -29,8 +29,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from dramaverse.http.engineio import SEPARATOR
-from dramaverse.http.socketio_codec import decode
+from dramaverse.realtime.engineio import SEPARATOR
+from dramaverse.realtime.socketio_codec import decode
 from tests.conftest import Server
 from tests.test_engineio_raw import (
     PATH,

@@ -49,7 +49,7 @@ from dramaverse.config import Settings
 from dramaverse.domain.close_codes import CloseCode
 from dramaverse.domain.rooms import HANDLERS, Control, Room
 from dramaverse.errors import BadRequest, NotFound, ServiceUnavailable
-from dramaverse.http.ws_rooms import room_host_lookup
+from dramaverse.realtime.ws_rooms import room_host_lookup
 from dramaverse.storage import open_storage
 from dramaverse.storage.base import Storage
 from tests.conftest import flushed, make_settings

@@ -32,9 +32,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from dramaverse.config import MAX_WORKERS
-from dramaverse.http.engineio import SEPARATOR
-from dramaverse.http.worker_routing import (
+from dramaverse.cluster.worker_routing import (
     WorkerRouter,
     format_client,
     parse_client,
@@ -42,6 +40,8 @@ from dramaverse.http.worker_routing import (
     sid_owner,
     sid_prefix,
 )
+from dramaverse.config import MAX_WORKERS
+from dramaverse.realtime.engineio import SEPARATOR
 from tests.cluster import Cluster, poll, running_cluster
 from tests.conftest import make_settings, sample_records
 from tests.node.driver import open_driver, require_node

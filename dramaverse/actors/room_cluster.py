@@ -9,7 +9,7 @@ so one process behaves exactly as without this layer.
 
 Every room a connection of this process joined has a
 :class:`~dramaverse.actors.room_routes.RoomRoute` (``room_routes.py``), the handle the
-connection talks to (``http/ws_rooms.py``). A route is **local** (the actor runs here; calls go
+connection talks to (``realtime/ws_rooms.py``). A route is **local** (the actor runs here; calls go
 straight to it) or **remote** (calls become messages on ``room:<code>`` for the owner, and the
 owner's frames for this process's members arrive on ``node:<node id>``: ``room_relay.py``). A
 route outlives the moves of its room, so connections never notice them beyond a fresh

@@ -38,7 +38,7 @@ class WorkerHeader:
 
     ``X-Dramaverse-Worker: <id>`` lets an operator (and the tests) see which process answered
     through the shared port, without any per-request work beyond appending one header. A
-    Socket.IO answer relayed from another worker (``http/worker_routing.py``) keeps that
+    Socket.IO answer relayed from another worker (``cluster/worker_routing.py``) keeps that
     worker's header in front of ours: ``1, 0`` is "served by 1, relayed by 0".
     """
 

@@ -13,12 +13,12 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from dramaverse.errors import Conflict, DramaverseError
-from dramaverse.http import socketio
 from dramaverse.http.health import HealthCheck
 from dramaverse.http.responses import error_response, json_response, raw_json_response
 from dramaverse.http.routes import accounts, catalog, library, player
 from dramaverse.http.security import SECURITY_HEADERS, CorsPolicy
 from dramaverse.http.state import AppState
+from dramaverse.realtime import socketio
 
 log = logging.getLogger(__name__)
 SERVER_ERROR = "Something broke! A server error occurred."

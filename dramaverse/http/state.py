@@ -19,9 +19,9 @@ from dramaverse.actors.room_snapshots import SnapshotWriter
 from dramaverse.broker.base import Broker
 from dramaverse.config import Settings
 from dramaverse.http.auth import PasswordHasher, TokenService
-from dramaverse.http.engineio_server import EngineServer
 from dramaverse.http.perimeter import Perimeter
 from dramaverse.http.security import CorsPolicy, RateLimiter, SharedRateLimiter
+from dramaverse.realtime.engineio_server import EngineServer
 from dramaverse.storage.base import Storage
 
 

@@ -5,7 +5,7 @@ only, as the original server did: a CONNECT carries ``auth.token`` (the login JW
 then joins its user's stream, i.e. it becomes one more :class:`~dramaverse.actors.session.Device`
 of the user's session actor, exactly like a native WebSocket connection: same bounded outbox
 (the Engine.IO session's), same order, same slow-consumer eviction. Events are rendered once per
-event for every Socket.IO device (:func:`~dramaverse.http.socketio_codec.encode_event`).
+event for every Socket.IO device (:func:`~dramaverse.realtime.socketio_codec.encode_event`).
 
 Refusals use the original server's messages: ``Authentication error: Token not provided.`` and
 ``Authentication error: Invalid token.`` (also for a valid token whose user was deleted). Another
@@ -47,18 +47,20 @@ import trio
 from quart_trio import QuartTrio
 
 from dramaverse.actors.session import Device, SessionGone
+from dramaverse.cluster.worker_routing import sid_prefix
 from dramaverse.domain.close_codes import CloseCode
 from dramaverse.errors import DramaverseError, Unauthorized
-from dramaverse.http import engineio_server
 from dramaverse.http.auth import AuthUser
-from dramaverse.http.engineio import (
+from dramaverse.http.state import AppState
+from dramaverse.realtime import engineio_server
+from dramaverse.realtime.engineio import (
     RECONNECT,
     EngineConfig,
     EngineSession,
     PacketError,
 )
-from dramaverse.http.engineio_server import EngineServer
-from dramaverse.http.socketio_codec import (
+from dramaverse.realtime.engineio_server import EngineServer
+from dramaverse.realtime.socketio_codec import (
     ACK,
     BINARY_ACK,
     BINARY_EVENT,
@@ -74,8 +76,6 @@ from dramaverse.http.socketio_codec import (
     encode_disconnect,
     encode_event,
 )
-from dramaverse.http.state import AppState
-from dramaverse.http.worker_routing import sid_prefix
 
 log = logging.getLogger(__name__)
 

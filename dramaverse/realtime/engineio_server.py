@@ -39,7 +39,8 @@ from quart import Blueprint, Response, request, websocket
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from dramaverse.domain.close_codes import CloseCode
-from dramaverse.http.engineio import (
+from dramaverse.http.security import CorsPolicy, client_address
+from dramaverse.realtime.engineio import (
     BAD_HANDSHAKE_METHOD,
     BAD_REQUEST,
     CORS_HEADERS,
@@ -65,7 +66,6 @@ from dramaverse.http.engineio import (
     Transport,
     grant_headers,
 )
-from dramaverse.http.security import CorsPolicy, client_address
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ the reference parser's rules, and is stricter where the reference would accept n
 namespace is at most 256 printable characters, an ack id at most 15 digits, JSON must be plain
 JSON (no ``NaN``), and the payload must fit the packet type (an object or nothing for CONNECT,
 an array starting with a non-reserved event name for EVENT, an array for ACK, nothing for
-DISCONNECT). Anything else raises :class:`~dramaverse.http.engineio.PacketError`, which closes
+DISCONNECT). Anything else raises :class:`~dramaverse.realtime.engineio.PacketError`, which closes
 the Engine.IO session, as the reference server does on a parse error.
 
 The encoders return complete Engine.IO message packets (with the leading ``4``), ready to queue.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from dramaverse.domain.events import UserEvent
-from dramaverse.http.engineio import MESSAGE, PacketError
+from dramaverse.realtime.engineio import MESSAGE, PacketError
 
 CONNECT, DISCONNECT, EVENT, ACK, CONNECT_ERROR, BINARY_EVENT, BINARY_ACK = range(7)
 MAIN_NAMESPACE = "/"

@@ -47,7 +47,7 @@ from dramaverse.http.library_ops import OPERATIONS
 from dramaverse.http.responses import JSON_TYPE
 from dramaverse.http.security import SECURITY_HEADERS
 from dramaverse.http.state import AppState
-from dramaverse.http.ws_rooms import RoomLink, is_room_message
+from dramaverse.realtime.ws_rooms import RoomLink, is_room_message
 
 log = logging.getLogger(__name__)
 

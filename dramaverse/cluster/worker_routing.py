@@ -76,7 +76,9 @@ from hypercorn.typing import (
 
 from dramaverse.config import MAX_WORKERS, Settings
 from dramaverse.domain.close_codes import CloseCode
-from dramaverse.http.engineio import (
+from dramaverse.http.security import SECURITY_HEADERS, CorsPolicy
+from dramaverse.http.ws_relay import OwnerLost, Rejected, Upstream, pump
+from dramaverse.realtime.engineio import (
     MAX_SID_LENGTH,
     NOOP,
     SHUTTING_DOWN,
@@ -86,8 +88,6 @@ from dramaverse.http.engineio import (
     EngineError,
     grant_headers,
 )
-from dramaverse.http.security import SECURITY_HEADERS, CorsPolicy
-from dramaverse.http.ws_relay import OwnerLost, Rejected, Upstream, pump
 
 log = logging.getLogger(__name__)
 
