@@ -29,11 +29,13 @@ from hypercorn.trio import serve as hypercorn_serve
 from dramaverse.http import direct_ws
 from dramaverse.http.direct_ws import (
     COMPRESS_MIN_BYTES,
+    DirectWebSocket,
+    IllegalTransition,
+    Phase,
+    Upgrade,
     accept_token,
     close_payload,
-    frame_header,
     parse_upgrade,
-    unmask,
 )
 from dramaverse.server import fence
 from tests.asgi import answer_lifespan
@@ -175,6 +177,11 @@ async def client_streams() -> AsyncIterator[None]:
             await trio.aclose_forcefully(_OPENED.pop())
 
 
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    """XOR ``payload`` with the repeated 4-byte ``mask``: masking and unmasking are one."""
+    return bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+
+
 def client_frame(
     opcode: int,
     payload: bytes = b"",
@@ -290,28 +297,42 @@ async def connect(port: int, request: bytes | None = None, *, after: bytes = b""
 # -- pure functions -------------------------------------------------------------------------------
 
 
-def test_frame_headers_use_the_shortest_length_encoding() -> None:
-    assert frame_header(0x1, 125) == b"\x81\x7d"
-    assert frame_header(0x1, 126) == b"\x81\x7e\x00\x7e"
-    assert frame_header(0x2, 65535) == b"\x82\x7e\xff\xff"
-    assert frame_header(0x1, 65536) == b"\x81\x7f" + (65536).to_bytes(8, "big")
-    assert frame_header(0x1, 3, rsv1=True) == b"\xc1\x03"
-
-
-def test_unmask_is_its_own_inverse_for_every_length() -> None:
-    mask = b"\x01\x02\x03\xfe"
-    for size in (0, 1, 3, 4, 5, 127, 1000):
-        data = os.urandom(size)
-        masked = unmask(data, mask)
-        assert unmask(masked, mask) == data
-        assert masked == bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-
-
 def test_close_reason_is_cut_on_a_character_boundary() -> None:
     body = close_payload(1000, "é" * 100)  # 200 bytes of UTF-8
     assert len(body) <= 125
     assert body[:2] == b"\x03\xe8"
     assert body[2:].decode("utf-8") == "é" * 61
+
+
+async def test_phases_move_only_along_the_transition_table() -> None:
+    """An ASGI message that would move a connection where the table does not go raises, and
+    leaves the phase as it was; a message in CLOSED is ignored."""
+    client, server = trio.testing.memory_stream_pair()
+    upgrade = Upgrade(PATH, PATH.encode(), b"", [], b"dGhlIHNhbXBsZSBub25jZQ==", [], [])
+    socket = DirectWebSocket(server, upgrade, MAX_MESSAGE)
+    assert socket.phase is Phase.NEW
+    assert await socket.receive() == {"type": "websocket.connect"}
+    assert socket.phase is Phase.HANDSHAKE
+    await socket.send({"type": "websocket.http.response.start", "status": 401, "headers": []})
+    assert socket.phase is Phase.REFUSING
+    with pytest.raises(IllegalTransition, match="REFUSING -> OPEN"):
+        socket._enter(Phase.OPEN)
+    with pytest.raises(RuntimeError, match="unexpected ASGI message 'websocket.accept'"):
+        await socket.send({"type": "websocket.accept"})
+    assert socket.phase is Phase.REFUSING
+    await socket.send({"type": "websocket.http.response.body", "body": b"no"})
+    assert socket.phase is Phase.CLOSED
+    await socket.send({"type": "websocket.accept"})  # ignored once over
+    await socket.finish()  # nothing more to answer
+    assert socket.phase is Phase.CLOSED
+    with pytest.raises(IllegalTransition, match="CLOSED -> CLOSED"):
+        socket._enter(Phase.CLOSED)
+    await server.aclose()  # Hypercorn's part, once the application has returned
+    answer = b""
+    while data := await client.receive_some(65536):
+        answer += data
+    assert answer.startswith(b"HTTP/1.1 401 \r\n")
+    assert answer.endswith(b"connection: close\r\n\r\nno")
 
 
 def test_accept_token_matches_rfc_6455_example() -> None:

@@ -15,12 +15,19 @@ receives a frame or more a second, this module is a small ASGI WebSocket server 
 - :class:`DirectWebSocket` is the connection: the ASGI ``receive`` parses RFC 6455 frames in the
   caller's task (no queue, no second task), ``send`` writes a frame with one ``send_all``.
 
-What it enforces, as wsproto does: client frames masked; no reserved bits except RSV1 on the
+The RFC 6455 rules are not written here: they are the ``websockets`` package's sans-I/O
+:class:`~websockets.protocol.Protocol` (framing, masking, permessage-deflate, the closing
+handshake), fed the bytes this module reads and asked for the bytes it writes; this module keeps
+the I/O, the tasks, the handshake answer and the ASGI side, whose phases are :class:`Phase` with
+a transition table (a move it does not list raises :class:`IllegalTransition`).
+
+What it enforces: client frames masked; no reserved bits except RSV1 on the
 first frame of a compressed message when permessage-deflate was negotiated; known opcodes;
 control frames unfragmented and at most 125 bytes; continuation frames only inside a message;
 text valid UTF-8 (1007); close codes valid (1002); messages at most
 ``config.websocket_max_message_size`` bytes, compressed or inflated (1009, checked before the
-bytes are buffered or inflated). A ping is answered with a pong carrying its payload, a close is
+bytes are buffered or inflated; corrupt compressed data is 1007 too, where websockets alone would
+say 1002). A ping is answered with a pong carrying its payload, a close is
 answered with the same code.
 
 permessage-deflate is negotiated without context takeover (as ``compression.py`` makes Hypercorn
@@ -36,19 +43,26 @@ that stopped reading is cut off (Hypercorn's shielded send has no such bound).
 from __future__ import annotations
 
 import base64
+import enum
 import hashlib
+import logging
 import os
 import time
 import zlib
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
 import h11
 import trio
 from hypercorn.utils import parse_socket_addr
-from wsproto.extensions import PerMessageDeflate
+from websockets.exceptions import ProtocolError
+from websockets.extensions.permessage_deflate import PerMessageDeflate
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol, Side, State
+from wsproto.extensions import PerMessageDeflate as WsprotoDeflate
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import split_comma_header
 
@@ -63,20 +77,14 @@ COMPRESS_MIN_BYTES = 256
 SEND_TIMEOUT_SECONDS = 10.0  # a peer that takes no bytes of a frame for this long is cut off
 _CLAIM_ATTRIBUTE = "dramaverse_direct_websocket_paths"
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_DEFLATE_TAIL = b"\x00\x00\xff\xff"
 
-OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
-OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
-_DATA_OPCODES = frozenset((OP_CONTINUATION, OP_TEXT, OP_BINARY))
-_CONTROL_OPCODES = frozenset((OP_CLOSE, OP_PING, OP_PONG))
-
-CLOSE_NORMAL = 1000
-CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_ABNORMAL = 1006  # never sent: what the application sees when the TCP connection dropped
 CLOSE_INVALID_DATA = 1007
-CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
-_UNSENDABLE_CODES = frozenset((1004, 1005, 1006, 1015))
+
+# websockets' protocol logs each connection's end at INFO; its errors are worth keeping.
+_LOGGER = logging.getLogger(__name__ + ".rfc6455")
+_LOGGER.setLevel(logging.WARNING)
 
 
 def claim_paths(config: Config, paths: Iterable[str]) -> None:
@@ -204,282 +212,236 @@ def accept_token(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key + _GUID).digest())
 
 
-def frame_header(opcode: int, length: int, rsv1: bool = False) -> bytes:
-    """The header of a final, unmasked (server) frame."""
-    first = 0x80 | (0x40 if rsv1 else 0) | opcode
-    if length < 126:
-        return bytes((first, length))
-    if length < 65536:
-        return bytes((first, 126)) + length.to_bytes(2, "big")
-    return bytes((first, 127)) + length.to_bytes(8, "big")
-
-
-def unmask(payload: bytes, mask: bytes) -> bytes:
-    """XOR ``payload`` with the repeated 4-byte ``mask`` (in C, through big integers)."""
-    size = len(payload)
-    if not size:
-        return payload
-    key = (mask * (size // 4 + 1))[:size]
-    value = int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")
-    return value.to_bytes(size, "little")
-
-
 def close_payload(code: int, reason: str = "") -> bytes:
     """A close frame's body; the reason is cut to fit the 125-byte limit on a UTF-8 boundary."""
-    encoded = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
-    return code.to_bytes(2, "big") + encoded
+    return code.to_bytes(2, "big") + _fit_reason(reason).encode("utf-8")
 
 
-class Violation(Exception):
-    """The client broke the protocol; the connection ends with ``code``."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+def _fit_reason(reason: str) -> str:
+    return reason.encode("utf-8")[:123].decode("utf-8", "ignore")
 
 
-@dataclass
-class _Deflate:
-    """Negotiated permessage-deflate without context takeover: one zlib object per message."""
+class _Deflate(PerMessageDeflate):
+    """websockets' permessage-deflate, closing corrupt compressed data with 1007 as before.
 
-    window_bits: int  # the server's: outbound messages use at most this window
+    websockets closes a message that does not inflate with 1002; this layer has always answered
+    1007 (data inconsistent with the message type, RFC 6455 7.4.1). Its parser closes with 1007
+    on a :class:`UnicodeDecodeError`, so that is what a zlib failure becomes here.
+    """
 
-    def inflate(self, data: bytes, limit: int) -> bytes:
-        inflater = zlib.decompressobj(-15)
+    def decode(self, frame: Frame, *, max_size: int | None = None) -> Frame:
         try:
-            out = inflater.decompress(data + _DEFLATE_TAIL, limit + 1)
-        except zlib.error as exc:
-            raise Violation(CLOSE_INVALID_DATA, f"invalid compressed data: {exc}") from None
-        if len(out) > limit or inflater.unconsumed_tail:
-            raise Violation(CLOSE_TOO_BIG, "message too big")
-        return out
-
-    def deflate(self, data: bytes) -> bytes:
-        deflater = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -self.window_bits)
-        out = deflater.compress(data) + deflater.flush(zlib.Z_SYNC_FLUSH)
-        return out[:-4] if out.endswith(_DEFLATE_TAIL) else out
+            return super().decode(frame, max_size=max_size)
+        except ProtocolError as exc:
+            if not isinstance(exc.__cause__, zlib.error):
+                raise
+            raise UnicodeDecodeError("deflate", b"", 0, 1, "invalid compressed data") from None
 
 
 def _negotiate_deflate(offers: list[str]) -> tuple[_Deflate | None, bytes | None]:
     if not offers:
         return None, None
-    extension = PerMessageDeflate(client_no_context_takeover=True, server_no_context_takeover=True)
+    extension = WsprotoDeflate(client_no_context_takeover=True, server_no_context_takeover=True)
     answer = server_extensions_handshake(offers, [extension])
     if answer is None or not extension.enabled():
         return None, None
-    # wsproto declines window sizes zlib cannot make (below 9 bits) before this point.
-    return _Deflate(int(extension.server_max_window_bits or 15)), answer
+    # wsproto declines window sizes zlib cannot make (below 9 bits) before this point; the
+    # client compresses with at most 15 bits, which a 15-bit inflater reads whatever it chose.
+    deflate = _Deflate(
+        remote_no_context_takeover=True,
+        local_no_context_takeover=True,
+        remote_max_window_bits=15,
+        local_max_window_bits=int(extension.server_max_window_bits or 15),
+    )
+    return deflate, answer
 
 
-_HANDSHAKE, _CONNECTED, _CLOSED = "handshake", "connected", "closed"
+class Phase(enum.Enum):
+    """Where a connection is; :data:`_TRANSITIONS` says where it may go from each."""
+
+    NEW = enum.auto()  # the application has not received websocket.connect yet
+    HANDSHAKE = enum.auto()  # it has, and has not answered the upgrade
+    REFUSING = enum.auto()  # it answered with an HTTP response whose body is still coming
+    OPEN = enum.auto()  # 101 sent: frames both ways
+    CLOSING = enum.auto()  # our close frame is sent; the peer's answer is awaited
+    CLOSED = (
+        enum.auto()
+    )  # over (the disconnect is known, or the refusal sent): nothing more goes out
+
+
+_TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.NEW: frozenset((Phase.HANDSHAKE, Phase.OPEN, Phase.REFUSING, Phase.CLOSED)),
+    Phase.HANDSHAKE: frozenset((Phase.OPEN, Phase.REFUSING, Phase.CLOSED)),
+    Phase.REFUSING: frozenset((Phase.CLOSED,)),
+    Phase.OPEN: frozenset((Phase.CLOSING, Phase.CLOSED)),
+    Phase.CLOSING: frozenset((Phase.CLOSED,)),
+    Phase.CLOSED: frozenset(),
+}
+_ANSWERABLE = frozenset((Phase.NEW, Phase.HANDSHAKE))  # the upgrade is not answered yet
+
+
+class IllegalTransition(RuntimeError):
+    """A connection was asked to move where its transition table does not allow."""
 
 
 class DirectWebSocket:
-    """One WebSocket connection as ASGI ``receive``/``send`` callables over a trio stream."""
+    """One WebSocket connection as ASGI ``receive``/``send`` callables over a trio stream.
+
+    RFC 6455 is websockets' sans-I/O :class:`~websockets.protocol.Protocol`: bytes read go in
+    with ``receive_data``, frames come out of ``events_received``, and what it has to say (pongs,
+    close frames, the application's messages) is taken with ``data_to_send`` right after each
+    call and written by :meth:`_write`, in the task that made the call. Only this module does
+    I/O; the protocol object is touched synchronously between awaits, so the reader's task and
+    the application's writers never see it half-updated.
+    """
 
     def __init__(self, stream: trio.abc.Stream, upgrade: Upgrade, max_message: int) -> None:
         self._stream = stream
         self._upgrade = upgrade
-        self._max_message = max_message
-        self._buffer = bytearray(upgrade.rest)
+        self._protocol = Protocol(Side.SERVER, max_size=max_message, logger=_LOGGER)
+        self._pending = upgrade.rest  # bytes after the request head, parsed on the first read
+        self._frames: deque[Frame] = deque()  # parsed, not yet handed to the application
         self._lock = trio.Lock()
-        self._state = _HANDSHAKE
-        self._connect_delivered = False
-        self._disconnect: dict[str, Any] | None = None  # once set, receive returns it again
-        self._close_sent = False
-        self._broken = False
+        self._phase = Phase.NEW
+        self._disconnect: dict[str, Any] | None = None  # set on entering CLOSED after OPEN
         self._deflate: _Deflate | None = None
         self._response: dict[str, Any] | None = None  # websocket.http.response.start
         # A plain TCP stream: writes go straight to its socket (not through TLS).
         self._socket: Any = getattr(stream, "socket", None)
         self.status: int | None = None  # the HTTP status answered to the handshake
 
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    def _enter(self, phase: Phase) -> None:
+        if phase not in _TRANSITIONS[self._phase]:
+            raise IllegalTransition(f"{self._phase.name} -> {phase.name}")
+        self._phase = phase
+
     # -- ASGI receive ---------------------------------------------------------------------------
 
     async def receive(self) -> dict[str, Any]:
-        if not self._connect_delivered:
-            self._connect_delivered = True
+        if self._phase is Phase.NEW:
+            self._enter(Phase.HANDSHAKE)
             return {"type": "websocket.connect"}
         if self._disconnect is not None:
             return self._disconnect
-        try:
-            return await self._next_message()
-        except Violation as exc:
-            await self._send_close(exc.code, exc.reason)
-            return self._gone(exc.code)
+        return await self._next_message()
 
     async def _next_message(self) -> dict[str, Any]:
-        parts: list[bytes] = []
-        size = 0
-        message_opcode: int | None = None
-        compressed = False
+        protocol = self._protocol
+        frames = self._frames
+        parts: list[bytes | bytearray | memoryview] = []
+        message_opcode = Opcode.TEXT
         while True:
-            frame = self._frame(size)
-            if frame is None:
-                if not await self._fill():
-                    return self._gone(CLOSE_ABNORMAL)
-                continue
-            fin, rsv1, opcode, payload = frame
-            if opcode in _CONTROL_OPCODES:
-                answer = await self._control(opcode, payload)
-                if answer is not None:
-                    return answer
-                continue
-            if opcode == OP_CONTINUATION:
-                if message_opcode is None:
-                    raise Violation(CLOSE_PROTOCOL_ERROR, "continuation frame outside a message")
-                if rsv1:
-                    raise Violation(CLOSE_PROTOCOL_ERROR, "RSV1 set on a continuation frame")
+            while frames:
+                frame = frames.popleft()
+                opcode = frame.opcode
+                if opcode is Opcode.CLOSE:
+                    close = protocol.close_rcvd
+                    assert close is not None
+                    return self._gone(close.code, close.reason)
+                if opcode is Opcode.PING or opcode is Opcode.PONG:
+                    continue  # the pong was written when the ping was parsed
+                if opcode is not Opcode.CONT:
+                    parts.clear()
+                    message_opcode = opcode
+                parts.append(frame.data)
+                if frame.fin:
+                    message = self._message(message_opcode, b"".join(parts))
+                    if message is None:  # not UTF-8: the protocol has failed the connection
+                        await self._flush()
+                        return self._gone(_sent_code(protocol))
+                    return message
+            if protocol.parser_exc is not None or protocol.state is State.CLOSED:
+                return self._gone(_sent_code(protocol))
+            if self._pending:
+                data, self._pending = self._pending, b""
             else:
-                if message_opcode is not None:
-                    raise Violation(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one")
-                if rsv1 and self._deflate is None:
-                    raise Violation(CLOSE_PROTOCOL_ERROR, "RSV1 set without permessage-deflate")
-                message_opcode, compressed = opcode, rsv1
-            parts.append(payload)
-            size += len(payload)
-            if fin:
-                return self._message(message_opcode, b"".join(parts), compressed)
+                data = await self._read()
+            if data:
+                protocol.receive_data(data)
+            else:
+                protocol.receive_eof()
+            # Open on the server side, the protocol's events are all frames.
+            frames.extend(cast("list[Frame]", protocol.events_received()))
+            await self._flush()
+            if not data:
+                frames.clear()
+                return self._gone(CLOSE_ABNORMAL)
 
-    def _message(self, opcode: int, data: bytes, compressed: bool) -> dict[str, Any]:
-        if compressed and self._deflate is not None:
-            data = self._deflate.inflate(data, self._max_message)
-        if opcode == OP_BINARY:
+    def _message(self, opcode: Opcode, data: bytes) -> dict[str, Any] | None:
+        if opcode is Opcode.BINARY:
             return {"type": "websocket.receive", "bytes": data, "text": None}
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
-            raise Violation(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
+            self._frames.clear()
+            self._protocol.fail(CLOSE_INVALID_DATA, "text message is not valid UTF-8")
+            return None
         return {"type": "websocket.receive", "bytes": None, "text": text}
 
-    def _frame(self, assembled: int) -> tuple[bool, bool, int, bytes] | None:
-        """The next complete frame in the buffer (unmasked), or None when more bytes are needed.
-
-        ``assembled`` is the size of the message so far: a frame that would take it over the
-        limit is refused from its header, before its payload is buffered.
-        """
-        buffer = self._buffer
-        available = len(buffer)
-        if available < 2:
-            return None
-        first, second = buffer[0], buffer[1]
-        opcode = first & 0x0F
-        if first & 0x30:
-            raise Violation(CLOSE_PROTOCOL_ERROR, "reserved bits RSV2/RSV3 set")
-        if opcode not in _DATA_OPCODES and opcode not in _CONTROL_OPCODES:
-            raise Violation(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
-        if not second & 0x80:
-            raise Violation(CLOSE_PROTOCOL_ERROR, "client frames must be masked")
-        fin = bool(first & 0x80)
-        rsv1 = bool(first & 0x40)
-        length = second & 0x7F
-        offset = 2
-        if opcode in _CONTROL_OPCODES:
-            if not fin or length > 125:
-                raise Violation(CLOSE_PROTOCOL_ERROR, "control frames must be final and short")
-            if rsv1:
-                raise Violation(CLOSE_PROTOCOL_ERROR, "RSV1 set on a control frame")
-        elif length == 126:
-            if available < 4:
-                return None
-            length = int.from_bytes(buffer[2:4], "big")
-            offset = 4
-        elif length == 127:
-            if available < 10:
-                return None
-            length = int.from_bytes(buffer[2:10], "big")
-            offset = 10
-        if opcode in _DATA_OPCODES and assembled + length > self._max_message:
-            raise Violation(CLOSE_TOO_BIG, "message too big")
-        end = offset + 4 + length
-        if available < end:
-            return None
-        mask = bytes(buffer[offset : offset + 4])
-        payload = unmask(bytes(buffer[offset + 4 : end]), mask)
-        del buffer[:end]
-        return fin, rsv1, opcode, payload
-
-    async def _control(self, opcode: int, payload: bytes) -> dict[str, Any] | None:
-        if opcode == OP_PING:
-            await self._write(frame_header(OP_PONG, len(payload)) + payload)
-            return None
-        if opcode == OP_PONG:
-            return None
-        if not payload:
-            code, reason = 1005, ""  # no status received: answered with an empty close
-        elif len(payload) == 1:
-            raise Violation(CLOSE_PROTOCOL_ERROR, "close frame with a one-byte body")
-        else:
-            code = int.from_bytes(payload[:2], "big")
-            if code < 1000 or code in _UNSENDABLE_CODES or 1016 <= code < 3000 or code >= 5000:
-                raise Violation(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
-            try:
-                reason = payload[2:].decode("utf-8")
-            except UnicodeDecodeError:
-                raise Violation(CLOSE_INVALID_DATA, "close reason is not valid UTF-8") from None
-        if not self._close_sent:
-            self._close_sent = True
-            body = b"" if code == 1005 else close_payload(code, reason)
-            await self._write(frame_header(OP_CLOSE, len(body)) + body)
-        return self._gone(code, reason)
-
-    async def _fill(self) -> bool:
-        """Read more bytes into the buffer; False when the connection has ended."""
+    async def _read(self) -> bytes:
+        """The next bytes from the peer; empty when the connection has ended."""
         try:
-            data = await self._stream.receive_some(65536)
+            return bytes(await self._stream.receive_some(65536))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            return False
-        if not data:
-            return False
-        self._buffer += data
-        return True
+            return b""
 
     def _gone(self, code: int, reason: str = "") -> dict[str, Any]:
-        self._state = _CLOSED
-        self._disconnect = {"type": "websocket.disconnect", "code": code, "reason": reason}
+        if self._disconnect is None:
+            self._disconnect = {"type": "websocket.disconnect", "code": code, "reason": reason}
+            if self._phase is not Phase.CLOSED:
+                self._enter(Phase.CLOSED)
         return self._disconnect
 
     # -- ASGI send ------------------------------------------------------------------------------
 
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
+        phase = self._phase
         if kind == "websocket.send":
-            if self._state != _CONNECTED or self._close_sent:
-                if self._state == _HANDSHAKE:
-                    raise RuntimeError("websocket.send before websocket.accept")
-                return  # the connection has ended: as Hypercorn, let the application finish
-            await self._send_data(message)
-        elif kind == "websocket.accept" and self._state == _HANDSHAKE:
+            if phase is Phase.OPEN:
+                await self._send_data(message)
+            elif phase in _ANSWERABLE:
+                raise RuntimeError("websocket.send before websocket.accept")
+            # CLOSING or CLOSED: as Hypercorn, let the application finish its work
+        elif kind == "websocket.accept" and phase in _ANSWERABLE:
             await self._accept(message)
         elif kind == "websocket.close":
-            if self._state == _HANDSHAKE:
+            if phase in _ANSWERABLE:
+                self._enter(Phase.CLOSED)
                 await self._respond(403, [(b"content-length", b"0"), (b"connection", b"close")])
-                self._state = _CLOSED
-            elif self._state == _CONNECTED:
+            elif phase is Phase.OPEN:
                 await self._send_close(int(message.get("code") or 1000), message.get("reason"))
-        elif kind == "websocket.http.response.start" and self._state == _HANDSHAKE:
+        elif kind == "websocket.http.response.start" and phase in _ANSWERABLE:
             self._response = dict(message)
-        elif kind == "websocket.http.response.body" and self._response is not None:
+            self._enter(Phase.REFUSING)
+        elif kind == "websocket.http.response.body" and phase is Phase.REFUSING:
             await self._send_response_body(message)
-        elif self._state != _CLOSED:  # once the connection has ended, the rest is ignored
-            raise RuntimeError(f"unexpected ASGI message {kind!r} in state {self._state}")
+        elif phase is not Phase.CLOSED:  # once the connection has ended, the rest is ignored
+            raise RuntimeError(f"unexpected ASGI message {kind!r} in phase {phase.name}")
 
     async def _send_data(self, message: dict[str, Any]) -> None:
+        protocol = self._protocol
         data = message.get("bytes")
         if data is not None:
-            opcode, payload = OP_BINARY, bytes(data)
+            payload, send = bytes(data), protocol.send_binary
         else:
             text = message.get("text")
             if not isinstance(text, str):
                 raise TypeError("websocket.send needs text or bytes")
-            opcode, payload = OP_TEXT, text.encode("utf-8")
-        deflate = self._deflate
-        if deflate is not None and len(payload) >= COMPRESS_MIN_BYTES:
-            payload = deflate.deflate(payload)
-            await self._write(frame_header(opcode, len(payload), rsv1=True) + payload)
-            return
-        await self._write(frame_header(opcode, len(payload)) + payload)
+            payload, send = text.encode("utf-8"), protocol.send_text
+        if self._deflate is not None and len(payload) < COMPRESS_MIN_BYTES:
+            protocol.extensions = []  # this message goes out plain (RFC 7692 allows it)
+            try:
+                send(payload)
+            finally:
+                protocol.extensions = [self._deflate]
+        else:
+            send(payload)
+        await self._flush()
 
     async def _accept(self, message: dict[str, Any]) -> None:
         upgrade = self._upgrade
@@ -493,7 +455,7 @@ class DirectWebSocket:
             if subprotocol not in upgrade.subprotocols:
                 raise RuntimeError(f"subprotocol {subprotocol!r} was not offered")
             headers.append((b"sec-websocket-protocol", subprotocol.encode()))
-        self._deflate, answer = _negotiate_deflate(upgrade.extensions)
+        deflate, answer = _negotiate_deflate(upgrade.extensions)
         if answer is not None:
             headers.append((b"sec-websocket-extensions", answer))
         for name, value in message.get("headers") or ():
@@ -501,20 +463,24 @@ class DirectWebSocket:
             if name in (b"sec-websocket-protocol", b"sec-websocket-extensions"):
                 raise RuntimeError(f"header {name.decode()} is the server's to set")
             headers.append((name, bytes(value)))
-        self._state = _CONNECTED
+        self._deflate = deflate
+        if deflate is not None:
+            self._protocol.extensions = [deflate]
+        self._enter(Phase.OPEN)
         await self._respond(101, headers)
 
     async def _send_response_body(self, message: dict[str, Any]) -> None:
-        if self._state == _HANDSHAKE:
+        if self.status is None:
             assert self._response is not None
             status = int(self._response["status"])
             headers = [(bytes(n).lower(), bytes(v)) for n, v in self._response.get("headers", ())]
             headers.append((b"connection", b"close"))
             await self._respond(status, headers)
-            self._state = _CLOSED
         body = bytes(message.get("body") or b"")
         if body:
             await self._write(body)
+        if not message.get("more_body", False) and self._phase is Phase.REFUSING:
+            self._enter(Phase.CLOSED)
 
     async def _respond(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
@@ -523,11 +489,16 @@ class DirectWebSocket:
         await self._write(b"\r\n".join(lines) + b"\r\n\r\n")
 
     async def _send_close(self, code: int, reason: str | None) -> None:
-        if self._close_sent or self._state == _HANDSHAKE:
-            return
-        self._close_sent = True
-        body = close_payload(code, reason or "")
-        await self._write(frame_header(OP_CLOSE, len(body)) + body)
+        self._protocol.send_close(code, _fit_reason(reason or ""))
+        self._enter(Phase.CLOSING)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        """Write what the protocol has to send (its end-of-stream mark, ``b""``, adds nothing:
+        the stream is closed when the application returns, as before)."""
+        data = b"".join(self._protocol.data_to_send())
+        if data:
+            await self._write(data)
 
     async def _write(self, data: bytes) -> None:
         """Write ``data`` (whole frames) in order with the other writers of this connection.
@@ -536,9 +507,10 @@ class DirectWebSocket:
         the bytes go straight to the socket without blocking. What the kernel does not take at
         once is sent under the lock, shielded from cancellation so that no half frame is left
         behind, for at most :data:`SEND_TIMEOUT_SECONDS`; a peer that takes no bytes for that
-        long has its connection aborted.
+        long has its connection aborted. A write that fails ends the connection (1006 to the
+        application) and every later write is dropped.
         """
-        if self._broken:
+        if self._broken():
             return
         lock = self._lock
         if lock.locked():
@@ -554,7 +526,7 @@ class DirectWebSocket:
                 except BlockingIOError:
                     sent = 0
                 except OSError:
-                    self._broken = True
+                    self._gone(CLOSE_ABNORMAL)
                     lock.release()
                     return
                 if sent == len(data):
@@ -562,27 +534,38 @@ class DirectWebSocket:
                     return
                 data = data[sent:]
         try:
-            if self._broken:
+            if self._broken():
                 return
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + SEND_TIMEOUT_SECONDS
                 await self._stream.send_all(data)
             if scope.cancelled_caught:
-                self._broken = True
+                self._gone(CLOSE_ABNORMAL)
                 await trio.aclose_forcefully(self._stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self._broken = True
+            self._gone(CLOSE_ABNORMAL)
         finally:
             lock.release()
+
+    def _broken(self) -> bool:
+        """Whether a write has failed: the disconnect is 1006 and nothing more goes out."""
+        disconnect = self._disconnect
+        return disconnect is not None and disconnect["code"] == CLOSE_ABNORMAL
 
     async def finish(self) -> None:
         """The application returned: answer a handshake it never answered (500), close an open
         socket it never closed (1011)."""
-        if self._state == _HANDSHAKE:
+        if self._phase in _ANSWERABLE:
+            self._enter(Phase.CLOSED)
             await self._respond(500, [(b"content-length", b"0"), (b"connection", b"close")])
-            self._state = _CLOSED
-        elif self._state == _CONNECTED and not self._close_sent:
+        elif self._phase is Phase.OPEN:
             await self._send_close(CLOSE_INTERNAL_ERROR, "")
+
+
+def _sent_code(protocol: Protocol) -> int:
+    """The code of the close frame the protocol sent on failing the connection (1006: none)."""
+    close = protocol.close_sent
+    return close.code if close is not None else CLOSE_ABNORMAL
 
 
 _REASONS = {
