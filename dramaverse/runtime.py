@@ -37,7 +37,6 @@ from dramaverse.cluster.worker import worker_app, worker_binds
 from dramaverse.cluster.worker_routing import WorkerRouter
 from dramaverse.config import Settings
 from dramaverse.errors import DramaverseError, lone_error
-from dramaverse.http import direct_ws
 from dramaverse.http.app import create_app
 from dramaverse.http.fastpath import LibraryWriteFastPath
 from dramaverse.http.state import AppState
@@ -46,7 +45,7 @@ from dramaverse.realtime.socketio import engine_server
 from dramaverse.realtime.ws import PATH as NATIVE_PATH
 from dramaverse.realtime.ws import NativeSocketEndpoint
 from dramaverse.realtime.ws_rooms import room_host_lookup
-from dramaverse.server import fence
+from dramaverse.server import direct_ws, fence
 from dramaverse.storage import open_storage
 
 log = logging.getLogger(__name__)

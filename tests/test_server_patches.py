@@ -27,10 +27,10 @@ from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import TCPServer
 
-from dramaverse.http import direct_ws
 from dramaverse.server import (
     boundary,
     compression,
+    direct_ws,
     fence,
     keepalive_timer,
     read_loop,

@@ -64,7 +64,7 @@ def device_count(server: Server, user_id: int) -> int:
 @pytest.fixture(params=[True, False], ids=["direct-ws", "hypercorn-ws"])
 async def proxied(tmp_path: Any, request: pytest.FixtureRequest) -> AsyncIterator[Server]:
     """A server deployed behind a proxy that keeps the /dramaverse prefix; its WebSockets on
-    the server's own layer or on Hypercorn's (WS_DIRECT, http/direct_ws.py)."""
+    the server's own layer or on Hypercorn's (WS_DIRECT, server/direct_ws.py)."""
     settings = make_settings(tmp_path, socket_io_path=PROXY_PATH, ws_direct=request.param)
     async with running_server(settings) as running:
         yield running

@@ -1,4 +1,4 @@
-"""http/direct_ws.py: WebSocket upgrades to claimed paths served straight on the socket.
+"""server/direct_ws.py: WebSocket upgrades to claimed paths served straight on the socket.
 
 Real Hypercorn on loopback with a small ASGI application, and raw RFC 6455 frames written and read
 by hand, so that every rule of the framing layer is exercised byte for byte; then the real
@@ -26,8 +26,8 @@ import trio.testing
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from dramaverse.http import direct_ws
-from dramaverse.http.direct_ws import (
+from dramaverse.server import direct_ws, fence
+from dramaverse.server.direct_ws import (
     COMPRESS_MIN_BYTES,
     DirectWebSocket,
     IllegalTransition,
@@ -37,7 +37,6 @@ from dramaverse.http.direct_ws import (
     close_payload,
     parse_upgrade,
 )
-from dramaverse.server import fence
 from tests.asgi import answer_lifespan
 from tests.cluster import free_port
 from tests.conftest import Server, make_settings, running_server

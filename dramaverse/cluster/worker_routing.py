@@ -74,10 +74,10 @@ from hypercorn.typing import (
     WebsocketScope,
 )
 
+from dramaverse.cluster.ws_relay import OwnerLost, Rejected, Upstream, pump
 from dramaverse.config import MAX_WORKERS, Settings
 from dramaverse.domain.close_codes import CloseCode
 from dramaverse.http.security import SECURITY_HEADERS, CorsPolicy
-from dramaverse.http.ws_relay import OwnerLost, Rejected, Upstream, pump
 from dramaverse.realtime.engineio import (
     MAX_SID_LENGTH,
     NOOP,

@@ -20,7 +20,7 @@ against 57.5, 55.5, 55.5 µs, the same code both times). Kept: it pays a little,
 to be replaced for the sniffing anyway, so dropping it would remove eight lines, not a patch.
 
 It is also where a new connection can leave Hypercorn: when the configuration claims WebSocket
-paths (:func:`dramaverse.http.direct_ws.claim_paths`), the first bytes are looked at, and an
+paths (:func:`dramaverse.server.direct_ws.claim_paths`), the first bytes are looked at, and an
 upgrade to one of those paths is served by ``direct_ws`` on the same stream; anything else is
 handed to Hypercorn's protocol as it arrived.
 """
@@ -31,7 +31,7 @@ import trio
 from hypercorn.events import Closed, RawData
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 
-from dramaverse.http import direct_ws
+from dramaverse.server import direct_ws
 
 _ORIGINAL = TCPServer._read_data
 

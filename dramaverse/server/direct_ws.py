@@ -66,6 +66,7 @@ from wsproto.extensions import PerMessageDeflate as WsprotoDeflate
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import split_comma_header
 
+from dramaverse.domain.close_codes import CloseCode
 from dramaverse.server import boundary
 
 if TYPE_CHECKING:
@@ -78,9 +79,6 @@ SEND_TIMEOUT_SECONDS = 10.0  # a peer that takes no bytes of a frame for this lo
 _CLAIM_ATTRIBUTE = "dramaverse_direct_websocket_paths"
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-CLOSE_ABNORMAL = 1006  # never sent: what the application sees when the TCP connection dropped
-CLOSE_INVALID_DATA = 1007
-CLOSE_INTERNAL_ERROR = 1011
 
 # websockets' protocol logs each connection's end at INFO; its errors are worth keeping.
 _LOGGER = logging.getLogger(__name__ + ".rfc6455")
@@ -369,7 +367,7 @@ class DirectWebSocket:
             await self._flush()
             if not data:
                 frames.clear()
-                return self._gone(CLOSE_ABNORMAL)
+                return self._gone(CloseCode.ABNORMAL)
 
     def _message(self, opcode: Opcode, data: bytes) -> dict[str, Any] | None:
         if opcode is Opcode.BINARY:
@@ -378,7 +376,7 @@ class DirectWebSocket:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             self._frames.clear()
-            self._protocol.fail(CLOSE_INVALID_DATA, "text message is not valid UTF-8")
+            self._protocol.fail(CloseCode.INVALID_DATA, "text message is not valid UTF-8")
             return None
         return {"type": "websocket.receive", "bytes": None, "text": text}
 
@@ -526,7 +524,7 @@ class DirectWebSocket:
                 except BlockingIOError:
                     sent = 0
                 except OSError:
-                    self._gone(CLOSE_ABNORMAL)
+                    self._gone(CloseCode.ABNORMAL)
                     lock.release()
                     return
                 if sent == len(data):
@@ -540,17 +538,17 @@ class DirectWebSocket:
                 scope.deadline = trio.current_time() + SEND_TIMEOUT_SECONDS
                 await self._stream.send_all(data)
             if scope.cancelled_caught:
-                self._gone(CLOSE_ABNORMAL)
+                self._gone(CloseCode.ABNORMAL)
                 await trio.aclose_forcefully(self._stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self._gone(CLOSE_ABNORMAL)
+            self._gone(CloseCode.ABNORMAL)
         finally:
             lock.release()
 
     def _broken(self) -> bool:
         """Whether a write has failed: the disconnect is 1006 and nothing more goes out."""
         disconnect = self._disconnect
-        return disconnect is not None and disconnect["code"] == CLOSE_ABNORMAL
+        return disconnect is not None and disconnect["code"] == CloseCode.ABNORMAL
 
     async def finish(self) -> None:
         """The application returned: answer a handshake it never answered (500), close an open
@@ -559,13 +557,13 @@ class DirectWebSocket:
             self._enter(Phase.CLOSED)
             await self._respond(500, [(b"content-length", b"0"), (b"connection", b"close")])
         elif self._phase is Phase.OPEN:
-            await self._send_close(CLOSE_INTERNAL_ERROR, "")
+            await self._send_close(CloseCode.INTERNAL_ERROR, "")
 
 
 def _sent_code(protocol: Protocol) -> int:
     """The code of the close frame the protocol sent on failing the connection (1006: none)."""
     close = protocol.close_sent
-    return close.code if close is not None else CLOSE_ABNORMAL
+    return close.code if close is not None else CloseCode.ABNORMAL
 
 
 _REASONS = {

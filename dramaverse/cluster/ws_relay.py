@@ -44,6 +44,8 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from dramaverse.domain.close_codes import CloseCode
+
 Headers = list[tuple[bytes, bytes]]
 Receive = ASGIReceiveCallable
 Send = ASGISendCallable
@@ -52,8 +54,7 @@ RECEIVE_BYTES = 64 * 1024
 CLOSE_TIMEOUT = 1.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # the owner is trusted; this only stops a runaway
 MAX_REJECTION_BYTES = 64 * 1024
-CLOSE_GOING_AWAY = 1001
-GONE = (CLOSE_GOING_AWAY, "the session's worker went away")
+GONE = (int(CloseCode.GOING_AWAY), "the session's worker went away")
 TOO_BIG = (1009, "message too large")
 
 
