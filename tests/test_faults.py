@@ -83,9 +83,14 @@ class FlakyStorage:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.down = False
+        self.refused = 0
+        self._refusing = trio.Event()
 
     def _check(self) -> None:
         if self.down:
+            self.refused += 1
+            self._refusing.set()
+            self._refusing = trio.Event()
             raise StorageUnavailable("PostgreSQL at db:5432/app is unavailable (test).")
 
     async def event_head(self, user_id: int) -> int:
@@ -98,6 +103,11 @@ class FlakyStorage:
         found: EventRange = await self.inner.read_events(user_id, after, limit)
         return found
 
+    async def refusals(self, count: int) -> None:
+        """Wait until ``count`` reads in all have been refused."""
+        while self.refused < count:
+            await self._refusing.wait()
+
 
 def drain(receive: trio.MemoryReceiveChannel[str]) -> list[str]:
     frames = []
@@ -109,8 +119,10 @@ def drain(receive: trio.MemoryReceiveChannel[str]) -> list[str]:
 
 
 async def test_a_session_keeps_its_devices_through_a_database_outage(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mock_clock: trio.testing.MockClock
 ) -> None:
+    # Virtual time for the periodic checks; the jump waits for SQLite's threads (real I/O).
+    mock_clock.autojump_threshold = 0.5
     caplog.set_level(logging.INFO, "dramaverse.actors.session")
     broker = MemoryBroker()
     async with open_sqlite(tmp_path / "x.db") as inner, trio.open_nursery() as nursery:
@@ -118,7 +130,7 @@ async def test_a_session_keeps_its_devices_through_a_database_outage(
         await inner.import_dramas(sample_records())
         user = await inner.create_user("alice", "hash")
         storage = FlakyStorage(inner)
-        session = UserSession(user, storage, broker, grace=60, check_interval=0.05)  # type: ignore[arg-type]
+        session = UserSession(user, storage, broker, grace=600, check_interval=5.0)  # type: ignore[arg-type]
         nursery.start_soon(session.run)
         send, receive = trio.open_memory_channel[str](64)
         evicted: list[int] = []
@@ -134,7 +146,8 @@ async def test_a_session_keeps_its_devices_through_a_database_outage(
         assert first.event is not None
         assert second.event is not None
         await broker.publish(f"user:{user}", second.event.encode())
-        await trio.sleep(0.3)  # several periodic checks, each failing
+        with trio.fail_after(60):
+            await storage.refusals(3)  # the gap repair and periodic checks, each failing
         assert drain(receive) == []
 
         # A device resuming now (its replay needs the log) is refused without a single frame;
@@ -149,7 +162,7 @@ async def test_a_session_keeps_its_devices_through_a_database_outage(
         assert evicted == []
 
         storage.down = False
-        with trio.fail_after(5):
+        with trio.fail_after(60):
             frames = [json.loads(await receive.receive()) for _ in range(2)]
         assert [frame["seq"] for frame in frames] == [1, 2]
         assert not session.stopped.is_set()

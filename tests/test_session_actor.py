@@ -1,6 +1,11 @@
 """The UserSession actor: ordering, gap repair from the log, eviction, idle stop; the hub's
 periodic check of every session's head against the log; replays streamed at the device's pace;
-supervision (restart with the devices, restart intensity)."""
+supervision (restart with the devices, restart intensity).
+
+Time that must pass (a grace period, a check period, a replay's patience) passes on the ``clock``
+fixture: trio's mock clock, jumping once every task has been blocked for half a real second, so
+SQLite's threads (real I/O) finish before virtual time moves. Tests in which no time has to pass
+run on the real clock and wait on events or on the state of other tasks."""
 
 from __future__ import annotations
 
@@ -23,6 +28,12 @@ from dramaverse.storage.sqlite import SqliteStorage, open_sqlite
 from tests.conftest import make_settings, sample_records
 
 URLS = [r["url"] for r in sample_records()]
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    """Virtual time for tests that touch SQLite: see the module docstring."""
+    return trio.testing.MockClock(autojump_threshold=0.5)
 
 
 def _device(size: int = 64) -> tuple[Device, trio.MemoryReceiveChannel[str], list[tuple[int, str]]]:
@@ -91,8 +102,11 @@ async def test_full_outbox_evicts_only_that_device(tmp_path: Path) -> None:
             assert hub.sessions[user].devices == [healthy]
 
 
-async def test_idle_session_stops_after_grace_and_unsubscribes(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, session_grace_seconds=0.05)
+async def test_idle_session_stops_after_grace_and_unsubscribes(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    # Shorter than the hub's check period: one jump of the clock, not one per check.
+    settings = make_settings(tmp_path, session_grace_seconds=3.0)
     broker = MemoryBroker()
     async with open_sqlite(tmp_path / "x.db") as storage:
         await storage.migrate()
@@ -103,8 +117,10 @@ async def test_idle_session_stops_after_grace_and_unsubscribes(tmp_path: Path) -
             assert broker.subscriber_count(f"user:{user}") == 1
             session = hub.sessions[user]
             hub.detach(user, device)
-            with trio.fail_after(5):
+            detached_at = trio.current_time()
+            with trio.fail_after(60):
                 await session.stopped.wait()
+            assert trio.current_time() - detached_at >= 3.0  # not before the grace is over
             assert user not in hub.sessions
             assert broker.subscriber_count(f"user:{user}") == 0
             # A new connection starts a fresh actor.
@@ -120,12 +136,15 @@ class CountingStorage:
         self.inner = inner
         self.calls: dict[str, int] = {"event_heads": 0, "read_events": 0}
         self.down = False
+        self._heads_read = trio.Event()
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
     async def event_heads(self, user_ids: list[int]) -> dict[int, int]:
         self.calls["event_heads"] += 1
+        self._heads_read.set()
+        self._heads_read = trio.Event()
         if self.down:
             from dramaverse.errors import StorageUnavailable
 
@@ -136,8 +155,15 @@ class CountingStorage:
         self.calls["read_events"] += 1
         return await self.inner.read_events(user_id, after, limit)
 
+    async def heads_read(self, count: int) -> None:
+        """Wait until the hub has asked for the heads ``count`` times in all."""
+        while self.calls["event_heads"] < count:
+            await self._heads_read.wait()
 
-async def test_hub_check_delivers_an_event_that_was_never_published(tmp_path: Path) -> None:
+
+async def test_hub_check_delivers_an_event_that_was_never_published(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
     settings = make_settings(tmp_path)
     broker = MemoryBroker()
     async with open_sqlite(tmp_path / "x.db") as inner:
@@ -155,23 +181,25 @@ async def test_hub_check_delivers_an_event_that_was_never_published(tmp_path: Pa
                 assert _drain(receive) == ["ready 0"]
                 receivers.append(receive)
             reads_after_attach = storage.calls["read_events"]
-            nursery.start_soon(hub.run_checks, 0.05)
+            nursery.start_soon(hub.run_checks, 5.0)
             # Committed, never published (its process died between the two, say).
             written = await inner.set_favorite(users[7], SetFavorite(URLS[0], True))
             assert written.event is not None
-            with trio.fail_after(5):
+            with trio.fail_after(60):
                 frame = await receivers[7].receive()
             assert '"seq":1' in frame
             assert URLS[0] in frame
-            await trio.sleep(0.3)
+            with trio.fail_after(60):
+                await storage.heads_read(3)
             # One heads query per period for all 30 sessions; a log read only for the one behind.
-            assert storage.calls["event_heads"] >= 3
             assert storage.calls["read_events"] - reads_after_attach == 1
             assert all(_drain(r) == [] for r in receivers)
             nursery.cancel_scope.cancel()
 
 
-async def test_hub_check_survives_an_unreadable_log_and_repairs_after(tmp_path: Path) -> None:
+async def test_hub_check_survives_an_unreadable_log_and_repairs_after(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
     settings = make_settings(tmp_path)
     broker = MemoryBroker()
     async with open_sqlite(tmp_path / "x.db") as inner:
@@ -186,13 +214,13 @@ async def test_hub_check_survives_an_unreadable_log_and_repairs_after(tmp_path: 
             await hub.attach(user, device, None, lambda head: f"ready {head}")
             assert _drain(receive) == ["ready 0"]
             storage.down = True
-            nursery.start_soon(hub.run_checks, 0.05)
+            nursery.start_soon(hub.run_checks, 5.0)
             await inner.set_favorite(user, SetFavorite(URLS[1], True))
-            await trio.sleep(0.3)  # several failing checks: no crash, nothing delivered
+            with trio.fail_after(60):
+                await storage.heads_read(3)  # several failing checks: no crash, nothing delivered
             assert _drain(receive) == []
-            assert storage.calls["event_heads"] >= 3
             storage.down = False
-            with trio.fail_after(5):
+            with trio.fail_after(60):
                 frame = await receive.receive()
             assert URLS[1] in frame
             assert evictions == []
@@ -233,8 +261,8 @@ def _seqs(frames: list[str]) -> list[int]:
     return [json.loads(frame)["seq"] for frame in frames]
 
 
-async def _until(condition: Callable[[], bool]) -> None:
-    with trio.fail_after(5):
+async def _until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    with trio.fail_after(within):
         while not condition():  # noqa: ASYNC110 (state of other tasks, no event to wait on)
             await trio.sleep(0.01)
 
@@ -291,15 +319,21 @@ async def test_a_stalled_replay_holds_up_neither_the_actor_nor_other_devices(
 
 
 async def test_a_replay_that_takes_nothing_for_the_patience_is_evicted_as_slow(
-    tmp_path: Path,
+    tmp_path: Path, clock: trio.testing.MockClock
 ) -> None:
-    settings = make_settings(tmp_path, ws_heartbeat_timeout=0.2)  # the replay's patience
+    settings = make_settings(tmp_path, ws_heartbeat_timeout=20.0)  # the replay's patience
     async with _hub(tmp_path, settings) as (hub, storage, _broker, user, nursery):
         await _write(storage, user, 20)
-        stuck, _stuck_inbox, evicted = _device(size=4)
+        stuck, stuck_inbox, evicted = _device(size=4)
         results = await _attach_in_background(nursery, lambda: hub.attach(user, stuck, 0, _ready))
-        await _until(lambda: bool(results))
+        # The replay has read its one page of the log and filled the outbox to its high-water
+        # mark: from here on no thread is involved, so the clock may jump at once.
+        await _until(lambda: stuck_inbox.statistics().current_buffer_used == 3)
+        full_at = trio.current_time()
+        clock.autojump_threshold = 0
+        await _until(lambda: bool(results), within=60.0)
         assert evicted == [(4001, "slow consumer: outbox full")]
+        assert trio.current_time() - full_at >= 20.0  # not before its patience ran out
         assert stuck.gone
 
 
@@ -483,9 +517,9 @@ class SlowUnsubscribe(MemoryBroker):
 
 
 async def test_an_attach_while_the_idle_session_unsubscribes_is_served_by_a_fresh_one(
-    tmp_path: Path,
+    tmp_path: Path, clock: trio.testing.MockClock
 ) -> None:
-    settings = make_settings(tmp_path, session_grace_seconds=0.05)
+    settings = make_settings(tmp_path, session_grace_seconds=30.0)
     broker = SlowUnsubscribe()
     async with open_sqlite(tmp_path / "x.db") as storage:
         await storage.migrate()
@@ -496,15 +530,12 @@ async def test_an_attach_while_the_idle_session_unsubscribes_is_served_by_a_fres
             first, _, _ = _device()
             await hub.attach(user, first, None, _ready)
             hub.detach(user, first)
-            with trio.fail_after(5):
+            with trio.fail_after(60):
                 await broker.unsubscribing.wait()  # idle past the grace: stopping
             second, inbox, _ = _device()
-            attached: list[AttachResult] = []
-
-            async def attach() -> None:
-                attached.append(await hub.attach(user, second, None, _ready))
-
-            nursery.start_soon(attach)
+            attached = await _attach_in_background(
+                nursery, lambda: hub.attach(user, second, None, _ready)
+            )
             await trio.testing.wait_all_tasks_blocked()
             broker.release.set()
             await _until(lambda: bool(attached))

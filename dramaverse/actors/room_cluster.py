@@ -152,6 +152,12 @@ class RoomCluster:
 
     # --- what connections call -----------------------------------------------------------
 
+    def counters(self) -> dict[str, int]:
+        """Rooms adopted from a process that lost them, malformed node-topic messages, and
+        the relay sender's counters as ``relay_*`` (``metrics.py``)."""
+        relay = {f"relay_{name}": value for name, value in self.sender.counters().items()}
+        return {"takeovers": self.takeovers, "malformed": self.malformed, **relay}
+
     def find(self, code: str) -> RoomRoute | None:
         """The route of a room known to this process (normalised code), or None."""
         route = self.routes.get(code)

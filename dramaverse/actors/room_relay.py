@@ -140,6 +140,10 @@ class Sender:
         self.published = 0  # broker messages
         self.refused = 0  # frames refused because a process's backlog was full
 
+    def counters(self) -> dict[str, int]:
+        """Broker messages published, frames refused for a full backlog (``metrics.py``)."""
+        return {"published": self.published, "refused": self.refused}
+
     def frame(self, node: str, code: str, conn: int, frame: str) -> bool:
         """Queue ``frame`` for connection ``conn`` of ``node``; False when the backlog is full."""
         queue = self._nodes.get(node)

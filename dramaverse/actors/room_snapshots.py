@@ -171,6 +171,10 @@ class SnapshotWriter:
         self.deletes = 0
         self.failures = 0
 
+    def counters(self) -> dict[str, int]:
+        """Snapshots written, deleted, and writes or deletes that failed (``metrics.py``)."""
+        return {"writes": self.writes, "deletes": self.deletes, "failures": self.failures}
+
     # --- called from room actors and the cluster (never blocking) -------------------------
 
     def _recording(self) -> bool:

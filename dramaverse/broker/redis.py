@@ -392,6 +392,16 @@ class RedisBroker:
 
     # -- health -------------------------------------------------------------------------------
 
+    def counters(self) -> dict[str, int]:
+        """Reconnects, publishes that never reached Redis, messages received from other
+        processes, and messages without our envelope (``metrics.py``)."""
+        return {
+            "reconnects": self.reconnects,
+            "dropped": self.dropped,
+            "received": self.received,
+            "foreign": self.foreign,
+        }
+
     def health(self) -> Health:
         ok = self.state == "connected"
         health: Health = {
