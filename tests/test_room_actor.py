@@ -15,7 +15,7 @@ import trio.testing
 
 from dramaverse.actors.room import RoomActor, ServerClock, room_config
 from dramaverse.actors.room_messages import Call, RoomFailed, RoomGone, RoomPeer
-from dramaverse.actors.room_registry import RoomRegistry, open_rooms
+from dramaverse.actors.room_registry import START_QUEUE, RoomRegistry, open_rooms
 from dramaverse.config import RateLimit, Settings, load_settings
 from dramaverse.domain.close_codes import CloseCode
 from dramaverse.domain.rooms import HANDLERS, Room
@@ -598,3 +598,23 @@ async def test_a_caller_is_answered_even_when_its_request_crashes_the_room(
     assert failed.value.status == 500
     assert "ZeroDivisionError" in caplog.text
     assert await actor.call(lambda room, now: room.code) == actor.code  # restarted, not gone
+
+
+async def test_a_burst_of_creations_beyond_the_start_queue_waits_instead_of_failing(
+    registry: RoomRegistry,
+) -> None:
+    """Found by the 2,000-room simulation on a busy machine: creations past the registry's
+    start queue were refused with 503 instead of waiting their turn."""
+    burst = START_QUEUE * 3
+    created: list[RoomActor] = []
+
+    async def create(index: int) -> None:
+        created.append(await registry.create(f"host{index}", f"Host {index}"))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for index in range(burst):
+                nursery.start_soon(create, index)
+    assert len(created) == burst
+    assert len({actor.code for actor in created}) == burst
+    assert all(registry.find(actor.code) is actor for actor in created)

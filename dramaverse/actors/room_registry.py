@@ -153,11 +153,20 @@ class RoomRegistry:
         )
         self.rooms[room.code] = actor  # registered at once: a second start of the code is refused
         request = Start(actor)
+        # Back-pressure, not refusal: a burst of creations (a restart, a benchmark's ramp on a
+        # busy machine) waits for the registry's task, bounded by START_TIMEOUT.
+        queued = False
         try:
-            self._starts.send_nowait(request)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            self._forget(actor)
-            raise ServiceUnavailable("Too many rooms are starting; try again.") from None
+            with trio.move_on_after(START_TIMEOUT):
+                await self._starts.send(request)
+                queued = True
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the registry is stopping
+        finally:
+            if not queued:
+                self._forget(actor)
+        if not queued:
+            raise ServiceUnavailable("Too many rooms are starting; try again.")
         # Shielded: a caller cancelled now (its client left) must still get the handle it
         # answers for (a lease, a route), or the room would run with no owner. Bounded: the
         # start does no I/O, and a stopping registry fails what it did not start.
