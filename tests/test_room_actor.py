@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from dramaverse.actors.room import RoomActor, ServerClock, room_config
+from dramaverse.actors.room import INBOX_SIZE, RoomActor, ServerClock, room_config
 from dramaverse.actors.room_messages import Call, RoomFailed, RoomGone, RoomPeer
 from dramaverse.actors.room_registry import START_QUEUE, RoomRegistry, open_rooms
 from dramaverse.config import RateLimit, Settings, load_settings
@@ -575,13 +575,63 @@ async def test_a_disconnect_that_finds_the_inbox_full_is_still_applied(
         ann.drain()
         for _ in range(2):  # one goes straight to the waiting actor, one fills the inbox
             actor.inbox.send_nowait(Call(lambda room, now: None))
+        closed_at = trio.current_time()
         actor.disconnect("bob", bob.peer)  # cannot be queued: the actor sweeps gone peers
         members = await ann.expect("room.members")
         assert [(m["id"], m["connected"]) for m in members["members"]] == [
             ("ann", True),
             ("bob", False),
         ]
+        assert trio.current_time() == closed_at  # at once, not at the room's next deadline
         nursery.cancel_scope.cancel()
+
+
+async def test_a_disconnect_lost_to_a_full_inbox_is_swept_after_the_full_batch(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The default inbox (INBOX_SIZE) is larger than a batch: the actor handles the queue in
+    # several wake-ups, and the first one, a full batch, sweeps the closed peer.
+    clock = ServerClock(epoch=0.0)
+    room = Room.create("7KQ3M8TD", room_config(SETTINGS), creator="ann", name="Ann", now=0.0)
+    actor = RoomActor(room, clock, empty_grace=1.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        ann, bob = Client(), Client()
+        await actor.join("ann", "Ann", ann.peer)
+        await actor.join("bob", "Bob", bob.peer)
+        await trio.testing.wait_all_tasks_blocked()
+        ann.drain()
+        for _ in range(1 + INBOX_SIZE):  # one straight to the waiting actor, then a full inbox
+            actor.inbox.send_nowait(Call(lambda room, now: None))
+        with pytest.raises(trio.WouldBlock):
+            actor.inbox.send_nowait(Call(lambda room, now: None))
+        closed_at = trio.current_time()
+        actor.disconnect("bob", bob.peer)  # cannot be queued
+        members = await ann.expect("room.members")
+        assert [(m["id"], m["connected"]) for m in members["members"]] == [
+            ("ann", True),
+            ("bob", False),
+        ]
+        assert trio.current_time() == closed_at  # at once, not at the room's next deadline
+        nursery.cancel_scope.cancel()
+
+
+async def test_only_the_room_drops_a_peer_and_only_its_connection_closes_it(
+    registry: RoomRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
+    actor, clients = await room_with(registry, "ann", "bob")
+    laptop, phone = clients["bob"], Client()
+    await actor.join("bob", "Bob", phone.peer)  # replaces the laptop: the room drops it
+    assert (laptop.peer.dropped, laptop.peer.closed, laptop.peer.gone) == (True, False, True)
+    clients["ann"].drain()
+    actor.disconnect("bob", phone.peer)  # the phone's connection ended: it closes its peer
+    assert (phone.peer.dropped, phone.peer.closed) == (False, True)
+    members = await clients["ann"].expect("room.members")
+    assert [(m["id"], m["connected"]) for m in members["members"]] == [
+        ("ann", True),
+        ("bob", False),
+    ]
+    assert not phone.peer.dropped  # the room forgot it without writing the connection's peer
 
 
 async def test_a_caller_is_answered_even_when_its_request_crashes_the_room(

@@ -250,7 +250,7 @@ async def test_unknown_rooms_and_a_room_that_gives_up_while_relayed(
             await b.cluster.locate("ZZZZZZZZ")
         alice, bob = Device("alice"), Device("bob")
         code, route_a = await create(a, alice)
-        await join(b, code, bob, "2")
+        route_b = await join(b, code, bob, "2")
         await bob.expect("room.welcome")
         await alice.ok(route_a, "1", "room.chat", {"text": "kept"})
 
@@ -272,7 +272,7 @@ async def test_unknown_rooms_and_a_room_that_gives_up_while_relayed(
         assert all(code in line for line in logged)
         assert alice.closed == [(CloseCode.ROOM_FAILED, "the watch-party room failed; rejoin it")]
         assert bob.closed == alice.closed  # relayed: the owner's drop closed it on b
-        assert bob.peer.gone
+        assert not route_b.holds(bob.peer)  # b's connection reads that it is out
         assert b.cluster.find(code) is None
         # a writes the last good snapshot, then releases the lease: the room comes back from
         # it in whichever process adopts it first (a join, or a process's scan of stored rooms).
@@ -339,12 +339,13 @@ async def test_another_connection_of_the_member_replaces_the_relayed_one(tmp_pat
     async with procs(tmp_path) as ([a, b], _broker, _storage):
         alice, laptop, phone = Device("alice"), Device("laptop"), Device("phone")
         code, _route_a = await create(a, alice)
-        await join(b, code, laptop, "2")
+        route_b = await join(b, code, laptop, "2")
         await laptop.expect("room.welcome")
         route = await join(a, code, phone, "2")  # the same member, now on the owner
         await phone.expect("room.welcome")
         assert (await laptop.expect("room.left"))["reason"] == "replaced"
-        await eventually(lambda: laptop.peer.gone)  # the next heartbeat says so
+        await eventually(lambda: not route_b.holds(laptop.peer))  # the next heartbeat says so
+        assert not laptop.peer.gone  # b's route forgot it; the peer is the connection's
         assert b.cluster.find(code) is None
         await phone.ok(route, "2", "room.chat", {"text": "on my phone now"})
 

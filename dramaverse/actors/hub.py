@@ -175,7 +175,7 @@ class SessionHub:
             self._forget(crashed)
             release(crashed.leftovers)
             for device in devices:
-                device.gone = True
+                device.dropped = True  # in the actor's own task: its run just returned here
                 device.evict(CloseCode.INTERNAL_ERROR, "session failed; reconnect")
             return None
         delay = 0.0
@@ -285,7 +285,9 @@ class SessionHub:
         self._nursery.cancel_scope.cancel()
 
     def detach(self, user_id: int, device: Device) -> None:
-        device.gone = True  # the actor skips gone devices even if the message is dropped
+        """The device's connection ended (call it from the connection's task). Never blocks:
+        the actor skips a closed device even when the ``Detach`` cannot be queued."""
+        device.closed = True
         session = self.sessions.get(user_id)
         if session is not None:
             with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):

@@ -18,7 +18,9 @@ A device whose outbox stays above that mark without taking a frame for ``patienc
 evicted as a slow consumer (4001), exactly like one whose outbox overflows during live delivery.
 
 Resource handling: nothing is owned here; the caller's task runs the replay and the device's
-connection owns the outbox.
+connection owns the outbox. That task is the connection's, so a device the replay cannot feed
+(evicted, its outbox closed) is marked ``closed``, the connection's flag, never ``dropped``,
+the actor's (``actors/outbox.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import math
 
 import trio
 
+from dramaverse.actors.outbox import offer
 from dramaverse.actors.session import Device
 from dramaverse.domain.close_codes import CloseCode
 from dramaverse.storage.base import Storage
@@ -61,18 +64,27 @@ async def stream_replay(
     while not device.gone:
         found = await storage.read_events(user_id, device.cursor, page)
         if not found.complete:  # pruned under the device's feet: it must rebuild
-            if not await wait_for_room(device, patience) or not device.push(
-                device.render_resync(found.head)
+            if not await wait_for_room(device, patience) or not _push(
+                device, device.render_resync(found.head)
             ):
                 return
             device.cursor = found.head
             continue
         for event in found.events:
-            if not await wait_for_room(device, patience) or not device.push(device.render(event)):
+            if not await wait_for_room(device, patience) or not _push(device, device.render(event)):
                 return
             device.cursor = event.seq
         if not found.events or device.cursor >= found.head:
             return
+
+
+def _push(device: Device, frame: str) -> bool:
+    """Queue a replayed frame; a device that cannot take it (evicted, its outbox closed) is
+    ``closed``: its connection is ending."""
+    if offer(device, frame):
+        return True
+    device.closed = True
+    return False
 
 
 async def wait_for_room(device: Device, patience: float) -> bool:
@@ -92,7 +104,7 @@ async def wait_for_room(device: Device, patience: float) -> bool:
             stuck_since = trio.current_time()
             delay = POLL_FIRST_SECONDS
         elif trio.current_time() - stuck_since >= patience:
-            device.gone = True
+            device.closed = True
             device.evict(CloseCode.SLOW_CONSUMER, "slow consumer: outbox full")
         else:
             delay = min(delay * 2, POLL_MAX_SECONDS)

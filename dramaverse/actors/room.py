@@ -18,13 +18,16 @@ leaving it cancels them all. Only the registry's own task (``run``) starts actor
 caller registers the actor and sends a ``Start`` that is answered with the started handle. Each
 actor owns its inbox's receive side; the inbox's send side lives on the actor and is shared by
 every caller (they only ever send on it). The actor stops by itself once the room has had no
-member for ``empty_grace`` seconds, forgets its peers (marking them gone) and tells the registry
-through ``on_exit``. ``abandon()`` stops it at once without ending the room (its lease was lost
-and another process restores it: ``room_cluster.py``): the peers are left alone for their
+member for ``empty_grace`` seconds, forgets its peers (marking them ``dropped``) and tells the
+registry through ``on_exit``. ``abandon()`` stops it at once without ending the room (its lease
+was lost and another process restores it: ``room_cluster.py``): the peers are left alone for their
 connections to follow the room, and ``on_end`` is not called. The room itself is the actor's
 alone: other tasks read only what the actor publishes on its handle after each step (``host``),
 and a restored room records its restore (``on_change``) in its own task before it reports
-started.
+started. A peer's ``dropped`` flag is the actor's too; its connection writes only ``closed``
+and sends a ``Disconnect`` (``disconnect``). A ``Disconnect`` that finds the inbox full is not
+lost: the inbox then holds a full batch, and the actor sweeps its peers for closed connections
+after every wake-up that handled a full batch.
 
 Error handling: a refused command raises inside the pure room before anything changed; the actor
 answers the sender with an ``error`` frame (or raises it to an awaiting ``request``) and carries
@@ -49,6 +52,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -174,8 +178,10 @@ class RoomActor:
         self._on_change = on_change
         self._on_exit = on_exit
         self._empty_since: float | None = clock.now() if room.empty else None
-        self._gone_peers = False  # a disconnect could not be queued: sweep for gone peers
         self._current: Message | None = None  # the message being handled
+        # A wake-up that handles this many may have found the inbox full (a full inbox is a
+        # full batch, since nothing else runs while the actor handles one): sweep after it.
+        self._full_batch = min(BATCH, inbox_size)
         self._step = "tick"  # what the actor is doing when no message is being handled
         self._good = room.snapshot()  # the room after the last step that did not fail
         self._good_revision = room.revision
@@ -215,14 +221,13 @@ class RoomActor:
         return await command.reply.wait()
 
     def disconnect(self, member_id: str, peer: RoomPeer) -> None:
-        """The connection ended. Never blocks: a peer marked gone is swept up anyway."""
-        peer.gone = True
-        try:
+        """The connection ended (call it from the connection's side). Never blocks: a
+        ``Disconnect`` that finds the inbox full is replaced by the actor's sweep for closed
+        peers after its next (full) batch."""
+        peer.closed = True
+        # Full: swept up (see above); closed: the actor is gone, nothing to disconnect from.
+        with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             self.inbox.send_nowait(Disconnect(member_id, peer))
-        except trio.WouldBlock:
-            self._gone_peers = True
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the actor is gone; nothing to disconnect from
 
     async def call(self, fn: Callable[[Room, float], T]) -> T:
         """Run ``fn(room, now)`` in the actor's task and return its result."""
@@ -294,7 +299,7 @@ class RoomActor:
             self._receive.close()  # later senders get RoomGone
             if not self.abandoned:
                 for peer in self.peers.values():
-                    peer.gone = True
+                    peer.dropped = True
             self.stopped.set()
 
     async def _loop(self) -> None:
@@ -304,6 +309,7 @@ class RoomActor:
             self._step = "tick"
             due = self.room.next_deadline()
             message: Message | None = None
+            handled = 0
             if due is not None and due <= now + TIME_EPSILON:
                 # max(): server time is trio time plus an offset, so a deadline can seem a hair
                 # early after a float round trip; the room must see it as reached.
@@ -324,12 +330,14 @@ class RoomActor:
                     except trio.WouldBlock:
                         return  # empty past the grace: stop
                 self._handle(message, now)
+                handled = 1
                 for _ in range(BATCH - 1):  # whatever else is queued, in one wake-up
                     try:
                         self._handle(self._receive.receive_nowait(), now)
                     except trio.WouldBlock:
                         break
-            if self._gone_peers:
+                    handled += 1
+            if handled >= self._full_batch:  # the inbox may have been full: a Disconnect lost
                 self._step = "disconnect"
                 self._deliver(self._sweep(now))
                 self._keep_good()
@@ -415,7 +423,7 @@ class RoomActor:
             member = room.members.get(member_id)
             if member is None:
                 peer.push(peer.render({"type": "room.left", "room": self.code, "reason": "failed"}))
-                peer.gone = True
+                peer.dropped = True
                 continue
             sends += room.join(member_id, member.name, now)
             kept[member_id] = peer
@@ -430,7 +438,7 @@ class RoomActor:
         self.failed = True
         for peer in self.peers.values():
             if not peer.gone:
-                peer.gone = True
+                peer.dropped = True
                 peer.evict(CloseCode.ROOM_FAILED, "the watch-party room failed; rejoin it")
 
     def _dispatch(self, message: Message, now: float) -> None:
@@ -446,7 +454,7 @@ class RoomActor:
                     old.push(
                         old.render({"type": "room.left", "room": self.code, "reason": "replaced"})
                     )
-                    old.gone = True
+                    old.dropped = True
                 self.peers[member_id] = peer
                 reply.resolve(sends[0].message)
                 self._deliver(sends)
@@ -508,7 +516,6 @@ class RoomActor:
 
     def _sweep(self, now: float) -> list[Send]:
         """Disconnect members whose peer is gone (evicted, or its disconnect was not queued)."""
-        self._gone_peers = False
         sends: list[Send] = []
         for member_id, peer in list(self.peers.items()):
             if peer.gone:

@@ -314,7 +314,6 @@ class RoomCluster:
                         conn.answer.fail(error)
                     else:  # an unasked rejoin was refused: not a member
                         route.forget(conn.peer)
-                        conn.peer.gone = True
                 if conn.answer is not None:
                     conn.answer.resolve(None)  # ignored after the refusal
             case "err":
@@ -325,7 +324,6 @@ class RoomCluster:
                 conn = route.conns.get(item[2])
                 if conn is not None:
                     route.forget(conn.peer)
-                    conn.peer.gone = True
                     if item[3] is not None:
                         conn.peer.evict(int(item[3]), str(item[4]))
             case "beat":
@@ -337,7 +335,6 @@ class RoomCluster:
                     conn = route.conns.get(conn_id)
                     if conn is not None:
                         route.forget(conn.peer)
-                        conn.peer.gone = True
             case "moved":  # its owner lost the lease: join whoever owns it next
                 for conn in route.conns.values():
                     conn.ref += 1

@@ -47,15 +47,21 @@ class RoomPeer:
     outbox: 4001); it must not block. ``render`` turns a room message into the transport's
     frame; the actor renders a broadcast once per distinct renderer. ``on_error(status)`` is
     called (in the actor's task, must not block) when the actor answers this peer with an error
-    frame, so a transport can count malformed commands. ``gone`` is set by whoever learns first
-    that the connection ended.
+    frame, so a transport can count malformed commands. ``dropped`` is written by the room
+    actor's task only (replaced, evicted, the room stopped), ``closed`` by the connection's side
+    only (its ``disconnect``: the connection ended); ``gone`` is either (``actors/outbox.py``).
     """
 
     outbox: Outbox
     evict: Callable[[int, str], None] = lambda code, reason: None
     render: Callable[[dict[str, Any]], str] = render_json
     on_error: Callable[[int], None] = lambda status: None
-    gone: bool = False
+    dropped: bool = False  # the room's: no more room messages to this connection
+    closed: bool = False  # the connection's: it ended
+
+    @property
+    def gone(self) -> bool:
+        return self.dropped or self.closed
 
     def push(self, frame: str) -> bool:
         """Queue a frame without waiting; evict the peer when its outbox is full."""

@@ -115,8 +115,14 @@ class RoomRoute:
         if self.actor is not None:
             self.actor.disconnect(member_id, peer)
         elif conn is not None:
-            peer.gone = True
+            peer.closed = True
             self.cluster.post(self, {"op": "bye", "conn": conn.id, "member": member_id})
+
+    def holds(self, peer: RoomPeer) -> bool:
+        """Whether ``peer`` is still a member through this route: the room did not end, the
+        route did not forget it (left; refused or dropped by the owner) and the room actor did
+        not drop it (replaced, evicted). What a connection reads instead of changing the peer."""
+        return not self.stopped.is_set() and peer in self.by_peer and not peer.dropped
 
     def forget(self, peer: RoomPeer) -> Conn | None:
         conn = self.by_peer.pop(peer, None)
@@ -132,7 +138,6 @@ class RoomRoute:
         self.actor = None
         self.stopped.set()
         for conn in list(self.conns.values()):
-            conn.peer.gone = True
             if conn.answer is not None:
                 conn.answer.fail(NotFound(f"Room {self.code} not found."))
         self.conns.clear()
@@ -157,6 +162,5 @@ class RoomRoute:
                 if conn.answer is not None:  # a relayed join under way gets this refusal
                     conn.answer.fail(error)
                 self.forget(conn.peer)
-                conn.peer.gone = True
             if conn.answer is not None:
                 conn.answer.resolve(None)  # a relayed join under way is answered by this one

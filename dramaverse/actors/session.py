@@ -70,6 +70,10 @@ class Device:
     block (the connection closes itself asynchronously). ``render`` and ``render_resync`` turn an
     event and a resync notice into the transport's frame (native JSON by default; Socket.IO
     packets for that transport); the actor renders each event once per distinct renderer.
+    ``dropped`` is written by the session actor's task only (evicted, detached, the actor
+    stopped), ``closed`` by the connection's task only (it ended: ``SessionHub.detach``; its
+    replay evicted it); ``gone`` is either (``actors/outbox.py``). While ``replaying``, the
+    connection's task moves ``cursor``; the actor takes it back with ``Live``.
     """
 
     outbox: trio.MemorySendChannel[str]
@@ -77,8 +81,13 @@ class Device:
     render: Callable[[UserEvent], str] = UserEvent.frame
     render_resync: Callable[[int], str] = resync_frame
     cursor: int = 0  # the last seq queued for this device
-    gone: bool = False
+    dropped: bool = False  # the actor's: no more events to this device
+    closed: bool = False  # the connection's: it ended
     replaying: bool = False  # its replay runs in its connection's task: no live frames yet
+
+    @property
+    def gone(self) -> bool:
+        return self.dropped or self.closed
 
     def push(self, frame: str) -> bool:
         """Queue a frame without waiting; evict the device when its outbox is full."""
@@ -226,7 +235,7 @@ class UserSession:
                 self._on_exit(self)
                 release(self.leftovers)
                 for device in self.devices:
-                    device.gone = True
+                    device.dropped = True
             self.stopped.set()
 
     def _close_inbox(self) -> None:
@@ -282,7 +291,7 @@ class UserSession:
             case Attach():
                 await self._attach(message)
             case Detach(device):
-                device.gone = True
+                device.dropped = True
                 self.devices = [d for d in self.devices if d is not device]
             case Live(device):
                 message.reply.resolve(self._take_live(device))

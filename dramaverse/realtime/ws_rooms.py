@@ -235,9 +235,10 @@ class RoomLink:
             pass  # the connection is ending
 
     def _entry(self, code: str) -> tuple[RoomRoute, RoomPeer] | None:
-        """This connection's membership of ``code``, unless another connection replaced it."""
+        """This connection's membership of ``code``, unless it ended (replaced by another
+        connection, dropped, the room ended): read from the route, never written here."""
         entry = self.joined.get(code)
-        if entry is not None and (entry[1].gone or entry[0].stopped.is_set()):
+        if entry is not None and not entry[0].holds(entry[1]):
             del self.joined[code]
             entry[0].forget(entry[1])
             return None
