@@ -175,6 +175,17 @@ def _is_minute(value: int) -> bool:
     return 0 <= value <= 59
 
 
+def _iso_sixtieths(scanner: _Scanner, hour_is_24: bool) -> bool:
+    """Whether the next token is an ISO minute or second field: two digits, 00-59, and 00
+    after hour 24."""
+    peek = scanner.peek()
+    return (
+        peek.is_number_of_length(2)
+        and _is_minute(peek.value)
+        and not (hour_is_24 and peek.value > 0)
+    )
+
+
 def _is_hour(value: int) -> bool:
     return 0 <= value <= 23
 
@@ -346,21 +357,11 @@ def _parse_iso(scanner: _Scanner, day: _Day, time: _Time, zone: _Zone) -> _Token
         time.add(scanner.next().value)
         if not scanner.skip_symbol(":"):
             return _INVALID_TOKEN
-        peek = scanner.peek()
-        if (
-            not peek.is_number_of_length(2)
-            or not _is_minute(peek.value)
-            or (hour_is_24 and peek.value > 0)
-        ):
+        if not _iso_sixtieths(scanner, hour_is_24):
             return _INVALID_TOKEN
         time.add(scanner.next().value)
         if scanner.skip_symbol(":"):
-            peek = scanner.peek()
-            if (
-                not peek.is_number_of_length(2)
-                or not _is_minute(peek.value)
-                or (hour_is_24 and peek.value > 0)
-            ):
+            if not _iso_sixtieths(scanner, hour_is_24):
                 return _INVALID_TOKEN
             time.add(scanner.next().value)
             if scanner.skip_symbol("."):
