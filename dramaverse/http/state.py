@@ -19,6 +19,7 @@ from dramaverse.actors.room_snapshots import SnapshotWriter
 from dramaverse.broker.base import Broker
 from dramaverse.config import Settings
 from dramaverse.http.auth import PasswordHasher, TokenService
+from dramaverse.http.cookies import CookieAuth
 from dramaverse.http.perimeter import Perimeter
 from dramaverse.http.security import CorsPolicy, RateLimiter, SharedRateLimiter
 from dramaverse.realtime.engineio_server import EngineServer
@@ -72,6 +73,11 @@ class AppState:
         return Perimeter(
             self.settings, self.cors, self.tokens, self.auth_limiter, self.user_limiter
         )
+
+    @cached_property
+    def cookie_auth(self) -> CookieAuth:
+        """Cookie authentication and its CSRF rules (http/cookies.py, http/csrf.py)."""
+        return CookieAuth.from_settings(self.settings, self.cors)
 
     @classmethod
     def build(
