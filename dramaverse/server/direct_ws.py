@@ -316,7 +316,7 @@ class DirectWebSocket:
     arrive in the same read as a message the application is still answering.
 
     The per-frame path is kept short (the cost of each step: docs/protocol.md, "The WebSocket
-    layer"): a frame in is one read and one ``receive_data``; a frame out is
+    layer"): a frame in is one read (:meth:`_read`) and one ``receive_data``; a frame out is
     one ``send_text`` and, when no other write is under way, one ``os.write`` with no lock
     taken and no scheduling. Everything else (control frames, fragments, closing) is off it.
     """
@@ -384,9 +384,33 @@ class DirectWebSocket:
                 await self._write(b"".join(writes))
 
     async def _read(self) -> bytes | bytearray:
-        """The next bytes from the peer; empty when the connection has ended."""
+        """The next bytes from the peer; empty when the connection has ended.
+
+        On a plain TCP stream this is Trio's own ``recv`` sequence (a cancellation point before
+        the read, a schedule point after a read that did not wait, the I/O wait otherwise) on
+        the socket's descriptor, without the stream and socket wrappers around it: they cost
+        as much per frame as the protocol's parser (``bench.ws_roundtrip_bench``). The
+        descriptor is asked for each time, as in :meth:`_write`; a closed socket says -1 and
+        goes through the stream, which reports it closed.
+        """
+        fd = self._socket.fileno() if self._socket is not None else -1
         try:
-            return await self._stream.receive_some(_READ_BYTES)
+            if fd < 0:
+                return await self._stream.receive_some(_READ_BYTES)
+            await trio.lowlevel.checkpoint_if_cancelled()  # nothing read yet
+            try:
+                data = os.read(fd, _READ_BYTES)
+            except BlockingIOError:
+                pass
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()  # what was read is kept
+                return data
+            while True:
+                await trio.lowlevel.wait_readable(fd)  # closing the socket wakes it, raising
+                try:
+                    return os.read(fd, _READ_BYTES)
+                except BlockingIOError:
+                    pass
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return b""
 
