@@ -16,12 +16,19 @@ Reports the server's CPU time (user + system, from /proc) per round trip and the
 second, as one JSON document on stdout (and ``--json-out``). The client runs in this process on
 the same machine: round trips per second are bounded by both; the CPU per round trip is the
 server's alone.
+
+``--callgrind DIR`` runs the server under ``valgrind --tool=callgrind`` (about 50 times slower:
+use ``--sockets 100 --rounds 100``), counting only during the round trips, and adds
+``server_instructions_per_round_trip``: a figure that other load on a shared machine does not
+move, unlike CPU time. It counts user-space instructions only (no kernel time), and time-driven
+work (heartbeats, the paced garbage collector) weighs more per round trip in a slower run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -105,6 +112,8 @@ async def run(server: BenchServer, args: argparse.Namespace) -> dict[str, Any]:
             await _until(conn, "ack", k)
             done += 1
 
+    if args.callgrind:
+        _callgrind_control(server, "--zero")
     cpu0, t0 = server.cpu_s() or 0.0, time.perf_counter()
     async with trio.open_nursery() as nursery:
         for index, conn in enumerate(conns):
@@ -113,6 +122,10 @@ async def run(server: BenchServer, args: argparse.Namespace) -> dict[str, Any]:
             else:
                 nursery.start_soon(position, index, conn)
     cpu1, t1 = server.cpu_s() or 0.0, time.perf_counter()
+    instructions = None
+    if args.callgrind:
+        _callgrind_control(server, "--dump")
+        instructions = _callgrind_total(args.callgrind / f"callgrind.out.{server.pid}.1")
     for conn in conns:
         with trio.move_on_after(1):
             await conn.aclose()
@@ -126,8 +139,25 @@ async def run(server: BenchServer, args: argparse.Namespace) -> dict[str, Any]:
         "round_trips_per_s": round(done / (t1 - t0)),
         "server_cpu_s": round(cpu1 - cpu0, 3),
         "server_cpu_us_per_round_trip": round((cpu1 - cpu0) * 1e6 / max(1, done), 1),
+        **(
+            {"server_instructions_per_round_trip": round(instructions / max(1, done))}
+            if instructions is not None
+            else {}
+        ),
         "source": source_revision(),
     }
+
+
+def _callgrind_control(server: BenchServer, action: str) -> None:
+    subprocess.run(["callgrind_control", action, str(server.pid)], check=True, capture_output=True)
+
+
+def _callgrind_total(dump: Path) -> int:
+    """The instructions counted in one callgrind dump (its ``summary:`` line)."""
+    for line in dump.read_text("utf-8").splitlines():
+        if line.startswith("summary:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no summary line in {dump}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,11 +168,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=50, help="round trips per socket")
     parser.add_argument("--mode", choices=["ping", "position"], default="ping")
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument(
+        "--callgrind", type=Path, metavar="DIR", help="count the server's instructions (docstring)"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.sockets <= 5000 or not 1 <= args.rounds <= 10_000:
         parser.error("--sockets must be 1..5000 and --rounds 1..10000")
     raise_nofile_limit()
-    with BenchServer("roundtrip", log=log) as server:
+    server_cmd = None
+    if args.callgrind:
+        args.callgrind.mkdir(parents=True, exist_ok=True)
+        out = args.callgrind.resolve() / "callgrind.out.%p"
+        server_cmd = (
+            f"valgrind --tool=callgrind --callgrind-out-file={out} "
+            "{python} -m dramaverse serve --host {host} --port {port}"
+        )
+    with BenchServer("roundtrip", log=log, server_cmd=server_cmd) as server:
         doc = trio.run(run, server, args)
     text = json.dumps(doc, indent=2)
     print(text)

@@ -12,8 +12,9 @@ receives a frame or more a second, this module is a small ASGI WebSocket server 
   one, HTTP/1.0, a request after others on a keep-alive connection, TLS with HTTP/2, configured
   ``server_names``) goes to Hypercorn exactly as before, bytes unchanged. Both paths run the same
   ASGI application with the same scope, so the protocol above them is one implementation.
-- :class:`DirectWebSocket` is the connection: the ASGI ``receive`` parses RFC 6455 frames in the
-  caller's task (no queue, no second task), ``send`` writes a frame with one ``send_all``.
+- :class:`DirectWebSocket` is the connection: the ASGI ``receive`` reads the socket and parses
+  RFC 6455 frames in the caller's task (no queue, no second task), ``send`` writes a frame with
+  one system call.
 
 The RFC 6455 rules are not written here: they are the ``websockets`` package's sans-I/O
 :class:`~websockets.protocol.Protocol` (framing, masking, permessage-deflate, the closing
@@ -43,6 +44,7 @@ that stopped reading is cut off (Hypercorn's shielded send has no such bound).
 from __future__ import annotations
 
 import base64
+import contextlib
 import enum
 import hashlib
 import logging
@@ -50,18 +52,19 @@ import os
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import h11
 import trio
 from hypercorn.utils import parse_socket_addr
-from websockets.exceptions import ProtocolError
+from websockets.exceptions import InvalidState, ProtocolError
 from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.frames import Frame, Opcode
-from websockets.protocol import Protocol, Side, State
+from websockets.protocol import Protocol, Side
+from websockets.typing import BytesLike
 from wsproto.extensions import PerMessageDeflate as WsprotoDeflate
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import split_comma_header
@@ -75,6 +78,7 @@ if TYPE_CHECKING:
 
 MAX_HEAD_BYTES = 16 * 1024  # as Hypercorn's h11_max_incomplete_size: longer heads go to it
 COMPRESS_MIN_BYTES = 256
+_READ_BYTES = 65536
 SEND_TIMEOUT_SECONDS = 10.0  # a peer that takes no bytes of a frame for this long is cut off
 _CLAIM_ATTRIBUTE = "dramaverse_direct_websocket_paths"
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -282,6 +286,21 @@ class IllegalTransition(RuntimeError):
     """A connection was asked to move where its transition table does not allow."""
 
 
+# The per-frame path compares against these module globals: on CPython 3.11 an enum member read
+# through its class costs 80-90 ns against 10 for a global (timeit), and a frame in and out
+# compared about ten of them.
+_NEW = Phase.NEW
+_OPEN = Phase.OPEN
+_OP_TEXT = Opcode.TEXT
+_OP_BINARY = Opcode.BINARY
+_OP_CONT = Opcode.CONT
+_OP_CLOSE = Opcode.CLOSE
+
+# Open on the server side, the protocol's events are all frames (a client's also has the
+# handshake response): typed so, with no ``cast`` call per read.
+_frames_received: Callable[[Protocol], list[Frame]] = Protocol.events_received  # type: ignore[assignment]
+
+
 class DirectWebSocket:
     """One WebSocket connection as ASGI ``receive``/``send`` callables over a trio stream.
 
@@ -291,6 +310,15 @@ class DirectWebSocket:
     call and written by :meth:`_write`, in the task that made the call. Only this module does
     I/O; the protocol object is touched synchronously between awaits, so the reader's task and
     the application's writers never see it half-updated.
+
+    Once the protocol is closing (it answered the peer's close, or failed the connection), a
+    message the application sends is dropped, as after the disconnect: the peer's close can
+    arrive in the same read as a message the application is still answering.
+
+    The per-frame path is kept short (the cost of each step: docs/protocol.md, "The WebSocket
+    layer"): a frame in is one read (:meth:`_read`) and one ``receive_data``; a frame out is
+    one ``send_text`` and, when no other write is under way, one ``os.write`` with no lock
+    taken and no scheduling. Everything else (control frames, fragments, closing) is off it.
     """
 
     def __init__(self, stream: trio.abc.Stream, upgrade: Upgrade, max_message: int) -> None:
@@ -299,9 +327,12 @@ class DirectWebSocket:
         self._protocol = Protocol(Side.SERVER, max_size=max_message, logger=_LOGGER)
         self._pending = upgrade.rest  # bytes after the request head, parsed on the first read
         self._frames: deque[Frame] = deque()  # parsed, not yet handed to the application
-        self._lock = trio.Lock()
+        self._parts: list[BytesLike] = []  # the fragments of a message still coming
+        self._opcode = _OP_TEXT  # that message's opcode
+        self._lock = trio.Lock()  # held by a write the kernel did not take at once
         self._phase = Phase.NEW
         self._disconnect: dict[str, Any] | None = None  # set on entering CLOSED after OPEN
+        self._broken = False  # the disconnect is 1006: nothing more goes out
         self._deflate: _Deflate | None = None
         self._response: dict[str, Any] | None = None  # websocket.http.response.start
         # A plain TCP stream: writes go straight to its socket (not through TLS).
@@ -320,76 +351,112 @@ class DirectWebSocket:
     # -- ASGI receive ---------------------------------------------------------------------------
 
     async def receive(self) -> dict[str, Any]:
-        if self._phase is Phase.NEW:
+        if self._phase is _NEW:
             self._enter(Phase.HANDSHAKE)
             return {"type": "websocket.connect"}
         if self._disconnect is not None:
             return self._disconnect
-        return await self._next_message()
-
-    async def _next_message(self) -> dict[str, Any]:
         protocol = self._protocol
         frames = self._frames
-        parts: list[bytes | bytearray | memoryview] = []
-        message_opcode = Opcode.TEXT
         while True:
-            while frames:
-                frame = frames.popleft()
-                opcode = frame.opcode
-                if opcode is Opcode.CLOSE:
-                    close = protocol.close_rcvd
-                    assert close is not None
-                    return self._gone(close.code, close.reason)
-                if opcode is Opcode.PING or opcode is Opcode.PONG:
-                    continue  # the pong was written when the ping was parsed
-                if opcode is not Opcode.CONT:
-                    parts.clear()
-                    message_opcode = opcode
-                parts.append(frame.data)
-                if frame.fin:
-                    message = self._message(message_opcode, b"".join(parts))
-                    if message is None:  # not UTF-8: the protocol has failed the connection
-                        await self._flush()
-                        return self._gone(_sent_code(protocol))
+            if frames:
+                message = self._assemble()
+                if message is not None:
+                    if message is self._disconnect:
+                        await self._flush()  # the close frame of a connection failed here
                     return message
-            if protocol.parser_exc is not None or protocol.state is State.CLOSED:
+            if protocol.parser_exc is not None:  # it failed the connection: nothing more
                 return self._gone(_sent_code(protocol))
-            if self._pending:
-                data, self._pending = self._pending, b""
+            data: bytes | bytearray = self._pending
+            if data:
+                self._pending = b""
             else:
                 data = await self._read()
-            if data:
-                protocol.receive_data(data)
-            else:
-                protocol.receive_eof()
-            # Open on the server side, the protocol's events are all frames.
-            frames.extend(cast("list[Frame]", protocol.events_received()))
-            await self._flush()
             if not data:
+                protocol.receive_eof()
                 frames.clear()
+                await self._flush()
                 return self._gone(CloseCode.ABNORMAL)
+            protocol.receive_data(data)
+            frames.extend(_frames_received(protocol))
+            writes = protocol.data_to_send()
+            if writes:  # a pong, the answer to a close, the close of a failed connection
+                await self._write(b"".join(writes))
 
-    def _message(self, opcode: Opcode, data: bytes) -> dict[str, Any] | None:
-        if opcode is Opcode.BINARY:
-            return {"type": "websocket.receive", "bytes": data, "text": None}
+    async def _read(self) -> bytes | bytearray:
+        """The next bytes from the peer; empty when the connection has ended.
+
+        On a plain TCP stream this is Trio's own ``recv`` sequence (a cancellation point before
+        the read, a schedule point after a read that did not wait, the I/O wait otherwise) on
+        the socket's descriptor, without the stream and socket wrappers around it: they cost
+        as much per frame as the protocol's parser (``bench.ws_roundtrip_bench``). The
+        descriptor is asked for each time, as in :meth:`_write`; a closed socket says -1 and
+        goes through the stream, which reports it closed.
+        """
+        fd = self._socket.fileno() if self._socket is not None else -1
         try:
-            text = data.decode("utf-8")
+            if fd < 0:
+                return await self._stream.receive_some(_READ_BYTES)
+            await trio.lowlevel.checkpoint_if_cancelled()  # nothing read yet
+            try:
+                data = os.read(fd, _READ_BYTES)
+            except BlockingIOError:
+                pass
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()  # what was read is kept
+                return data
+            while True:
+                await trio.lowlevel.wait_readable(fd)  # closing the socket wakes it, raising
+                try:
+                    return os.read(fd, _READ_BYTES)
+                except BlockingIOError:
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return b""
+
+    def _assemble(self) -> dict[str, Any] | None:
+        """The next message from the frames parsed so far, or None when it needs more bytes.
+
+        A message in fragments keeps its parts on the connection between reads (and across a
+        cancelled ``receive``). The protocol has checked the order of the frames already.
+        """
+        frames = self._frames
+        while frames:
+            frame = frames.popleft()
+            opcode = frame.opcode
+            if opcode is _OP_TEXT or opcode is _OP_BINARY:
+                if frame.fin:
+                    return self._message(opcode, frame.data)
+                self._opcode = opcode
+                self._parts = [frame.data]
+            elif opcode is _OP_CONT:
+                parts = self._parts
+                parts.append(frame.data)
+                if frame.fin:
+                    self._parts = []
+                    return self._message(self._opcode, b"".join(parts))
+            elif opcode is _OP_CLOSE:
+                close = self._protocol.close_rcvd
+                assert close is not None
+                return self._gone(close.code, close.reason)
+            # else a ping, whose pong was written when it was parsed, or a pong
+        return None
+
+    def _message(self, opcode: Opcode, data: BytesLike) -> dict[str, Any]:
+        if opcode is _OP_BINARY:
+            return {"type": "websocket.receive", "bytes": bytes(data), "text": None}
+        try:
+            text = str(data, "utf-8")
         except UnicodeDecodeError:
             self._frames.clear()
             self._protocol.fail(CloseCode.INVALID_DATA, "text message is not valid UTF-8")
-            return None
+            return self._gone(_sent_code(self._protocol))
         return {"type": "websocket.receive", "bytes": None, "text": text}
-
-    async def _read(self) -> bytes:
-        """The next bytes from the peer; empty when the connection has ended."""
-        try:
-            return bytes(await self._stream.receive_some(65536))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            return b""
 
     def _gone(self, code: int, reason: str = "") -> dict[str, Any]:
         if self._disconnect is None:
             self._disconnect = {"type": "websocket.disconnect", "code": code, "reason": reason}
+            self._broken = code == CloseCode.ABNORMAL
             if self._phase is not Phase.CLOSED:
                 self._enter(Phase.CLOSED)
         return self._disconnect
@@ -398,11 +465,14 @@ class DirectWebSocket:
 
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
+        if kind == "websocket.send" and self._phase is _OPEN:
+            data = self._data_frame(message)
+            if data:
+                await self._write(data)
+            return
         phase = self._phase
         if kind == "websocket.send":
-            if phase is Phase.OPEN:
-                await self._send_data(message)
-            elif phase in _ANSWERABLE:
+            if phase in _ANSWERABLE:
                 raise RuntimeError("websocket.send before websocket.accept")
             # CLOSING or CLOSED: as Hypercorn, let the application finish its work
         elif kind == "websocket.accept" and phase in _ANSWERABLE:
@@ -421,7 +491,8 @@ class DirectWebSocket:
         elif phase is not Phase.CLOSED:  # once the connection has ended, the rest is ignored
             raise RuntimeError(f"unexpected ASGI message {kind!r} in phase {phase.name}")
 
-    async def _send_data(self, message: dict[str, Any]) -> None:
+    def _data_frame(self, message: dict[str, Any]) -> bytes:
+        """The bytes of ``message`` framed by the protocol; none once it is closing."""
         protocol = self._protocol
         data = message.get("bytes")
         if data is not None:
@@ -431,15 +502,18 @@ class DirectWebSocket:
             if not isinstance(text, str):
                 raise TypeError("websocket.send needs text or bytes")
             payload, send = text.encode("utf-8"), protocol.send_text
-        if self._deflate is not None and len(payload) < COMPRESS_MIN_BYTES:
-            protocol.extensions = []  # this message goes out plain (RFC 7692 allows it)
-            try:
+        try:
+            if self._deflate is not None and len(payload) < COMPRESS_MIN_BYTES:
+                protocol.extensions = []  # this message goes out plain (RFC 7692 allows it)
+                try:
+                    send(payload)
+                finally:
+                    protocol.extensions = [self._deflate]
+            else:
                 send(payload)
-            finally:
-                protocol.extensions = [self._deflate]
-        else:
-            send(payload)
-        await self._flush()
+        except InvalidState:
+            return b""  # the close handshake has begun: nothing may follow our close frame
+        return b"".join(protocol.data_to_send())
 
     async def _accept(self, message: dict[str, Any]) -> None:
         upgrade = self._upgrade
@@ -487,7 +561,9 @@ class DirectWebSocket:
         await self._write(b"\r\n".join(lines) + b"\r\n\r\n")
 
     async def _send_close(self, code: int, reason: str | None) -> None:
-        self._protocol.send_close(code, _fit_reason(reason or ""))
+        # The protocol may have closed already: the peer's close, or a frame that failed.
+        with contextlib.suppress(InvalidState):
+            self._protocol.send_close(code, _fit_reason(reason or ""))
         self._enter(Phase.CLOSING)
         await self._flush()
 
@@ -502,19 +578,19 @@ class DirectWebSocket:
         """Write ``data`` (whole frames) in order with the other writers of this connection.
 
         The common case costs one system call and no scheduling: when nobody else is writing,
-        the bytes go straight to the socket without blocking. What the kernel does not take at
-        once is sent under the lock, shielded from cancellation so that no half frame is left
-        behind, for at most :data:`SEND_TIMEOUT_SECONDS`; a peer that takes no bytes for that
-        long has its connection aborted. A write that fails ends the connection (1006 to the
+        the bytes go straight to the socket without blocking (and without taking the lock: no
+        other writer can run before the call returns). What the kernel does not take at once is
+        sent under the lock, shielded from cancellation so that no half frame is left behind,
+        for at most :data:`SEND_TIMEOUT_SECONDS`; a peer that takes no bytes for that long has
+        its connection aborted. A write that fails ends the connection (1006 to the
         application) and every later write is dropped.
         """
-        if self._broken():
+        if self._broken:
             return
         lock = self._lock
         if lock.locked():
             await lock.acquire()  # cancelled here, nothing was written
         else:
-            lock.acquire_nowait()
             # The descriptor is asked for each time: a closed socket says -1, and a number
             # kept from before could by now belong to another connection.
             fd = self._socket.fileno() if self._socket is not None else -1
@@ -525,14 +601,13 @@ class DirectWebSocket:
                     sent = 0
                 except OSError:
                     self._gone(CloseCode.ABNORMAL)
-                    lock.release()
                     return
                 if sent == len(data):
-                    lock.release()
                     return
                 data = data[sent:]
+            lock.acquire_nowait()  # free: nothing was awaited since it was seen free
         try:
-            if self._broken():
+            if self._broken:
                 return
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + SEND_TIMEOUT_SECONDS
@@ -544,11 +619,6 @@ class DirectWebSocket:
             self._gone(CloseCode.ABNORMAL)
         finally:
             lock.release()
-
-    def _broken(self) -> bool:
-        """Whether a write has failed: the disconnect is 1006 and nothing more goes out."""
-        disconnect = self._disconnect
-        return disconnect is not None and disconnect["code"] == CloseCode.ABNORMAL
 
     async def finish(self) -> None:
         """The application returned: answer a handshake it never answered (500), close an open
