@@ -365,17 +365,49 @@ async def test_members_of_a_dead_relay_are_disconnected(tmp_path: Path) -> None:
 
 
 async def test_a_relay_that_cannot_keep_up_evicts_as_a_slow_consumer() -> None:
-    sender = Sender(MemoryBroker(), max_backlog=2)
+    broker = MemoryBroker()
+    sender = Sender(broker, max_backlog=2)
     closed: list[int] = []
-    peer = RoomPeer(RelayOutbox(sender, "n1", "ROOMCODE", 7), lambda code, _: closed.append(code))
-    shared = render_json({"type": "room.chat"})
+
+    def evict(code: int, reason: str) -> None:
+        closed.append(code)
+        sender.control("n1", ["drop", "ROOMCODE", 7, code, reason])  # as a room port does
+
+    peer = RoomPeer(RelayOutbox(sender, "n1", "ROOMCODE", 7), evict)
     assert peer.push("a")
-    assert peer.push(shared)
     other = RoomPeer(RelayOutbox(sender, "n1", "ROOMCODE", 8))
-    assert other.push(shared)  # the same broadcast: merged, takes no room
-    assert not peer.push("b")  # a third item does not fit
+    assert other.push("b")
+    assert not peer.push("c")  # a third frame does not fit: evicted, never awaited
     assert peer.gone
+    assert not other.gone
     assert closed == [CloseCode.SLOW_CONSUMER]
+    assert sender.counters() == {"published": 0, "refused": 1}
+    assert sender.post("room:ROOMCODE", {"op": "beat", "conns": []}) is False  # behind: 503
+
+    # The eviction notice got past the frames' bound, and goes out after the frames queued.
+    got: list[dict[str, Any]] = []
+
+    def deliver(data: bytes) -> None:
+        message = decode(data)
+        assert message is not None
+        got.append(message)
+
+    async with trio.open_nursery() as nursery, broker.subscribe(node_topic("n1"), deliver):
+        await nursery.start(sender.run)
+        await trio.testing.wait_all_tasks_blocked()
+        assert other.push("d")  # drained: frames fit again
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert got == [
+        {
+            "items": [
+                ["f", "ROOMCODE", [7], "a"],
+                ["f", "ROOMCODE", [8], "b"],
+                ["drop", "ROOMCODE", 7, CloseCode.SLOW_CONSUMER, "slow consumer: outbox full"],
+            ]
+        },
+        {"items": [["f", "ROOMCODE", [8], "d"]]},
+    ]
 
 
 async def test_the_sender_batches_per_process() -> None:

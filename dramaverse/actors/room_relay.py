@@ -6,12 +6,14 @@ is *relayed*: that process publishes the member's frames on the room's topic, ``
 to which only the owner subscribes, and the owner publishes the frames for that process's
 members on the process's own topic, ``node:<node id>``. This module is both ends of that wire:
 
-- :class:`Sender` (one per process) queues everything this process sends to others and one task
-  publishes it. Frames for one process are **batched** (one broker message carries everything
-  queued for that process, up to ``MAX_BATCH_ITEMS`` items) and a broadcast rendered once is
-  sent once per process, with the list of its connections. Each process's backlog is bounded
-  (``MAX_NODE_BACKLOG`` items): a frame that does not fit evicts its member as a slow consumer
-  (4001), exactly like a full local outbox, so a stuck relay never holds up a room.
+- :class:`Sender` (one per process) is an actor: its mailbox, a bounded memory channel, queues
+  everything this process sends to others, and its task publishes it. Frames for one process
+  are **batched** (one broker message carries everything queued for that process, up to
+  ``MAX_BATCH_ITEMS`` items) and a broadcast rendered once is sent once per process, with the
+  list of its connections. The backlog is bounded (``MAX_BACKLOG`` frames and posts, for all
+  processes together): a frame that does not fit evicts its member as a slow consumer (4001),
+  exactly like a full local outbox (``send_nowait``; a full mailbox is never awaited), so a
+  stuck relay never holds up a room.
 - :class:`RoomPort` (one per owned room) serves the room's topic: joins, commands, clock
   replies, disconnects and heartbeats of relayed members. A relayed member is an ordinary
   :class:`~dramaverse.actors.room.RoomPeer` whose outbox is a :class:`RelayOutbox`, so the room
@@ -44,7 +46,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,14 +66,19 @@ from dramaverse.errors import (
 
 log = logging.getLogger(__name__)
 
-MAX_NODE_BACKLOG = 2048  # items queued for one process before its members are evicted (4001)
-MAX_ROOM_BACKLOG = 10_000  # messages queued for owners (joins, commands, disconnects, beats)
+# Frames and posts queued (for every other process together) before frames evict their member
+# (4001) and posts are refused (503); controls may fill twice as many. A relayed broadcast
+# counts once per member (merged when published), a command or heartbeat once.
+MAX_BACKLOG = 10_000
 MAX_BATCH_ITEMS = 256  # items per broker message to one process
 PORT_INBOX = 256  # relayed messages waiting for one room's port; more are dropped
 RELAY_TIMEOUT = 5.0  # seconds: a relayed member no heartbeat vouched for since is disconnected
 MAX_NODE_LENGTH = 64
 
 Item = list[Any]
+# A Sender's mailbox entry: (node, item) for another process's members, (topic, payload) for
+# a room's owner. Tuples, not dataclasses: one is queued per relayed frame.
+Queued = tuple[str, Item | bytes]
 
 
 def room_topic(code: str) -> str:
@@ -118,88 +124,113 @@ def relayed_error(status: object, message: object) -> DramaverseError:
 
 
 class Sender:
-    """Everything this process publishes to other processes' room members and owners.
+    """Everything this process publishes to other processes' room members and owners: an actor
+    whose one mailbox is a bounded memory channel.
 
     ``frame`` and ``control`` queue items for one process (``node``); ``post`` queues a message
-    for a room's owner. None of them blocks; :meth:`run` publishes, in order.
+    for a room's owner. None of them blocks (``send_nowait``); :meth:`run` publishes, in order.
+
+    Bounds: the mailbox holds ``2 * max_backlog`` entries. A frame or a post that finds
+    ``max_backlog`` entries queued is refused (the frame's member is evicted as a slow
+    consumer, 4001; the post's caller answers 503), so the other half is kept for controls:
+    the eviction notice (``drop``) of a refused frame, joins answered, heartbeats. A broadcast
+    rendered once is merged into one item per process when published, not when queued, so it
+    counts once per relayed member against the bound.
     """
 
     def __init__(
         self,
         broker: Broker,
         *,
-        max_backlog: int = MAX_NODE_BACKLOG,
+        max_backlog: int = MAX_BACKLOG,
         max_batch: int = MAX_BATCH_ITEMS,
     ) -> None:
         self._broker = broker
         self._max_backlog = max_backlog
         self._max_batch = max_batch
-        self._nodes: dict[str, deque[Item]] = {}
-        self._rooms: deque[tuple[str, bytes]] = deque()
-        self._wake = trio.Event()
-        self.published = 0  # broker messages
-        self.refused = 0  # frames refused because a process's backlog was full
+        self._mailbox, self._receive = trio.open_memory_channel[Queued](2 * max_backlog)
+        self.published = 0  # broker messages (the sender's task)
+        self.refused = 0  # frames refused because the backlog was full (the rooms' tasks)
 
     def counters(self) -> dict[str, int]:
         """Broker messages published, frames refused for a full backlog (``metrics.py``)."""
         return {"published": self.published, "refused": self.refused}
 
+    def _behind(self) -> bool:
+        return self._mailbox.statistics().current_buffer_used >= self._max_backlog
+
     def frame(self, node: str, code: str, conn: int, frame: str) -> bool:
         """Queue ``frame`` for connection ``conn`` of ``node``; False when the backlog is full."""
-        queue = self._nodes.get(node)
-        if queue is None:
-            queue = self._nodes[node] = deque()
-        elif queue:
-            last = queue[-1]
-            # The room renders a broadcast once: the same string for every member.
-            if last[0] == "f" and last[3] is frame and last[1] == code:
-                last[2].append(conn)
-                return True
-        if len(queue) >= self._max_backlog:
+        if self._behind():
             self.refused += 1
             return False
-        queue.append(["f", code, [conn], frame])
-        self._wake.set()
+        try:
+            self._mailbox.send_nowait((node, ["f", code, [conn], frame]))
+        except trio.WouldBlock:  # controls filled the rest
+            self.refused += 1
+            return False
         return True
 
     def control(self, node: str, item: Item) -> None:
         """Queue a control item for ``node``. Controls are few (a handful per member and
-        room), so they are let past the frame bound, up to twice it."""
-        queue = self._nodes.setdefault(node, deque())
-        if len(queue) >= 2 * self._max_backlog:
+        room), so they may use the whole mailbox, twice the bound of frames."""
+        try:
+            self._mailbox.send_nowait((node, item))
+        except trio.WouldBlock:
             log.warning("relay to node %s is far behind: %s dropped", node, item[0])
-            return
-        queue.append(item)
-        self._wake.set()
 
     def post(self, topic: str, message: dict[str, Any]) -> bool:
-        """Queue ``message`` for the owner listening on ``topic``; False when too much waits."""
-        if len(self._rooms) >= MAX_ROOM_BACKLOG:
+        """Queue ``message`` for the owner listening on ``topic``; False when too much waits.
+        Raises TypeError or ValueError when ``message`` is not JSON."""
+        payload = encode(message)
+        if self._behind():
             return False
-        self._rooms.append((topic, encode(message)))
-        self._wake.set()
+        try:
+            self._mailbox.send_nowait((topic, payload))
+        except trio.WouldBlock:
+            return False
         return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Publish what is queued until cancelled."""
+        """Publish what is queued until cancelled: each wake-up takes everything queued, then
+        publishes the posts in order and, per process, its items in order, ``max_batch`` to a
+        broker message, consecutive copies of one broadcast merged into one item."""
         task_status.started()
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            while self._rooms or self._nodes:
-                while self._rooms:
-                    topic, payload = self._rooms.popleft()
-                    await self._publish(topic, payload)
-                for node in list(self._nodes):
-                    queue = self._nodes.pop(node)
-                    while queue:
-                        count = min(len(queue), self._max_batch)
-                        items = [queue.popleft() for _ in range(count)]
-                        await self._publish(node_topic(node), encode({"items": items}))
+        async for first in self._receive:
+            posts: list[tuple[str, bytes]] = []
+            nodes: dict[str, list[Item]] = {}
+            entry: Queued | None = first
+            while entry is not None:
+                key, value = entry
+                if isinstance(value, bytes):
+                    posts.append((key, value))
+                else:
+                    _merge(nodes.setdefault(key, []), value)
+                try:
+                    entry = self._receive.receive_nowait()
+                except trio.WouldBlock:
+                    entry = None
+            for topic, payload in posts:
+                await self._publish(topic, payload)
+            for node, items in nodes.items():
+                for start in range(0, len(items), self._max_batch):
+                    batch = items[start : start + self._max_batch]
+                    await self._publish(node_topic(node), encode({"items": batch}))
 
     async def _publish(self, topic: str, payload: bytes) -> None:
         self.published += 1
         await self._broker.publish(topic, payload)
+
+
+def _merge(items: list[Item], item: Item) -> None:
+    """Append ``item``; a frame that repeats the previous one (the same broadcast string, same
+    room: the room renders a broadcast once) only adds its connection to it."""
+    if items and item[0] == "f":
+        last = items[-1]
+        if last[0] == "f" and last[3] is item[3] and last[1] == item[1]:
+            last[2].extend(item[2])
+            return
+    items.append(item)
 
 
 @dataclass(eq=False, slots=True)
