@@ -25,7 +25,7 @@ a :class:`Locate` or the heartbeat's silence check (in the cluster's own task), 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dramaverse.actors.reply import Reply
@@ -206,21 +206,3 @@ Message = (
     | Ended
     | Released
 )
-
-
-@dataclass(eq=False)
-class Claim:
-    """The cluster's record of a room it is adopting or starting (one per code): who waits."""
-
-    route: RoomRoute | None = None  # the remote route whose owner went silent
-    text: str | None = None  # the snapshot, when the scan already read it
-    locates: list[Reply[RoomRoute]] = field(default_factory=list)
-    restore: Reply[bool] | None = None
-    created: Reply[RoomRoute] | None = None
-
-    def fail(self, error: Exception) -> None:
-        for reply in self.locates:
-            reply.fail(error)
-        for waiting in (self.restore, self.created):
-            if waiting is not None:
-                waiting.fail(error)

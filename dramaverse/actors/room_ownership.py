@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dramaverse.actors.reply import Reply
 from dramaverse.actors.room_cluster_messages import (
     Adopted,
-    Claim,
     ClaimFailed,
     Ended,
     LeaseLost,
@@ -66,6 +66,24 @@ OwnershipMessage = (
     | Ended
     | Released
 )
+
+
+@dataclass(eq=False)
+class Claim:
+    """The cluster's record of a room it is adopting or starting (one per code): who waits."""
+
+    route: RoomRoute | None = None  # the remote route whose owner went silent
+    text: str | None = None  # the snapshot, when the scan already read it
+    locates: list[Reply[RoomRoute]] = field(default_factory=list)
+    restore: Reply[bool] | None = None
+    created: Reply[RoomRoute] | None = None
+
+    def fail(self, error: Exception) -> None:
+        for reply in self.locates:
+            reply.fail(error)
+        for waiting in (self.restore, self.created):
+            if waiting is not None:
+                waiting.fail(error)
 
 
 class Ownership:
