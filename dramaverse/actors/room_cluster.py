@@ -25,29 +25,28 @@ route outlives the moves of its room, so connections never notice them beyond a 
   it.
 
 The cluster is an actor. Its task (:meth:`RoomCluster.run`) alone changes the routes and the
-record of rooms being adopted, ending or resting; everything that changes them is a message
-in its one mailbox (``room_cluster_messages.py``, which also draws a room's sequence): from
-connections (locate, enter, leave, forget), from the node topic's callback (``send_nowait``),
-and from its helper tasks (``room_keeper.py``), which do every wait (leases, storage, a room's
-keeper) and report. So a failover is a sequence of messages and the heartbeat, on trio's clock:
-the owner goes silent -> ``LeaseTaken`` once its lease expired -> ``Adopted`` -> ``Serving``
-(the route's connections got a fresh welcome); ``LeaseLost`` -> ``Moved`` (local -> remote);
-``Ended`` -> ``Released``. Connections read routes (``find``, ``RoomRoute.actor``) and never
-wait for the cluster on a command's path.
+record of the rooms it adopts, runs and ends; everything that changes them is a message in its
+one mailbox (``room_cluster_messages.py``, which draws a room's sequence): from connections
+(locate, enter, leave, forget), from the node topic's callback (``send_nowait``), and from
+its helper tasks (``room_keeper.py``), which do every wait (leases, storage, a room's keeper)
+and report. The task hands the ownership steps to ``room_ownership.py`` and the remote routes'
+traffic and heartbeat to ``room_remote.py``. So a failover is a sequence of messages and
+heartbeats on trio's clock: the owner goes silent -> ``LeaseTaken`` once its lease expired ->
+``Adopted`` -> ``Serving`` (the route's connections got a fresh welcome); ``LeaseLost`` ->
+``Moved`` (local -> remote); ``Ended`` -> ``Released``. Connections read routes (``find``,
+``RoomRoute.actor``) and never wait for the cluster on a command's path.
 
 Failures: a room actor that fails restarts in place (``room.py``), so its keeper, port, route
 and lease do not notice. One that gives up (too many failures) keeps its snapshot: its keeper
 writes what is pending, joins meanwhile answer 503, and then it releases the lease, so the next
 ``room.join`` (here or in any process) adopts the room from that snapshot, as after a dead owner.
 
-Heartbeats: every ``beat`` seconds each remote route sends the owner the list of its
-connections; the owner answers with the ones it does not know (it was restored since: join
-them again) and the ones it dropped (replaced by another connection of the member). A route
-that hears nothing from the owner for ``silence`` seconds tries to take the lease each beat; it
-succeeds once the dead owner's lease expired. At start every process also restores the stored
-rooms whose lease it can take, and scans again once a lease time later, so a restarted worker
-adopts the rooms of the one it replaces; a member whose socket died with its worker reconnects
-anywhere and ``room.join`` adopts the room if nobody has.
+Heartbeats (``room_remote.py``): a remote route that hears nothing from the owner for
+``silence`` seconds tries to take the lease each ``beat``; it succeeds once the dead owner's
+lease expired. At start every process also restores the stored rooms whose lease it can take,
+and scans again once a lease time later, so a restarted worker adopts the rooms of the one it
+replaces; a member whose socket died with its worker reconnects anywhere and ``room.join``
+adopts the room if nobody has.
 
 Resource handling: :func:`open_room_cluster` owns the registry and snapshot writer (through
 ``open_watch_parties``) and runs :meth:`RoomCluster.run`, whose nursery holds the relay tasks
@@ -95,7 +94,7 @@ from dramaverse.actors.room_relay import RELAY_TIMEOUT, Sender, node_topic, room
 from dramaverse.actors.room_remote import RemoteRoutes
 from dramaverse.actors.room_routes import Conn, RoomRoute
 from dramaverse.actors.room_snapshots import SnapshotWriter, open_watch_parties
-from dramaverse.broker.base import Broker, BrokerUnavailable
+from dramaverse.broker.base import Broker
 from dramaverse.config import Settings
 from dramaverse.domain.rooms import Control
 from dramaverse.errors import BadRequest, ServiceUnavailable
@@ -148,7 +147,7 @@ class RoomCluster:
         self.lease_ttl_ms = lease_ttl_ms
         self.join_timeout = join_timeout
         self.dropped = 0  # node-topic messages lost to a full mailbox (the callback's count)
-        self._retention = retention_seconds
+        self._retention = retention_seconds  # of stored rooms, for the scans
         self._beat = beat
         self._silence = silence
         self._relay_timeout = relay_timeout
@@ -269,27 +268,9 @@ class RoomCluster:
             raise RuntimeError("a room route is changed only by the room cluster's task")
 
     async def restore_stored(self) -> int:
-        """Restore every room saved within the retention whose lease is free; return how many.
-
-        Error handling: a snapshot that cannot be restored is logged and skipped (its code stays
-        taken); a storage failure propagates (the server should not start without its rooms);
-        an unreachable broker skips the rest (a later scan or a join adopts them).
-        """
-        cutoff = int((self.registry.clock.now() - self._retention) * 1000)
-        restored = 0
-        for code, text in await self.storage.load_room_snapshots(cutoff):
-            self.writer.stored.add(code)
-            reply = Reply[bool]()
-            await self.tell(Restore(code, text, reply))
-            try:
-                if await reply.wait():
-                    restored += 1
-            except BrokerUnavailable as exc:
-                log.warning("stored rooms not restored now: %s", exc)
-                break
-        if restored:
-            log.info("restored %d watch-party rooms", restored)
-        return restored
+        """Restore every room saved within the retention whose lease is free; return how many
+        (``Keeper.scan``)."""
+        return await self._keeper.scan(self._retention)
 
     # --- the cluster's task --------------------------------------------------------------
 
@@ -307,7 +288,7 @@ class RoomCluster:
                 if self.shared:
                     await nursery.start(self.sender.run)
                     await nursery.start(self._hold_node_topic)
-                    nursery.start_soon(self._rescan)
+                    nursery.start_soon(self._keeper.rescan, self._retention)
                 task_status.started()
                 await self._serve()
         finally:
@@ -355,15 +336,6 @@ class RoomCluster:
             self.dropped += 1  # best effort, like the broker: heartbeats repair membership
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # stopping
-
-    async def _rescan(self) -> None:
-        # Once the leases of a predecessor (a worker this one replaces) have expired, adopt
-        # the rooms nobody took.
-        await trio.sleep(self.lease_ttl_ms / 1000 + self._beat)
-        try:
-            await self.restore_stored()
-        except Exception:
-            log.exception("stored rooms not restored (a join adopts them)")
 
     def _handle(self, message: Message) -> None:
         match message:

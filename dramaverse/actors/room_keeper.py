@@ -5,6 +5,8 @@ method of :class:`Keeper` is a task the cluster's task starts in its own nursery
 then reports what happened as a message to the cluster's mailbox
 (``room_cluster_messages.py``). None of them reads or changes a route.
 
+- :meth:`Keeper.scan` reads the stored rooms (at start, and once more a lease time later) and
+  asks the cluster to ``Restore`` each; the cluster claims those it does not know.
 - :meth:`Keeper.claim` takes a room's lease: ``LeaseTaken``, ``LeaseRefused`` (another process
   runs the room) or ``ClaimFailed``.
 - :meth:`Keeper.restore` reads the room's snapshot and starts its actor (through the registry):
@@ -33,6 +35,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from dramaverse.actors.reply import Reply
 from dramaverse.actors.room import RoomActor
 from dramaverse.actors.room_cluster_messages import (
     Adopted,
@@ -45,6 +48,7 @@ from dramaverse.actors.room_cluster_messages import (
     Moved,
     Origin,
     Released,
+    Restore,
     Serving,
     Vanished,
 )
@@ -99,6 +103,39 @@ class Keeper:
         self._lease_ttl_ms = lease_ttl_ms
         self._beat = beat
         self._relay_timeout = relay_timeout
+
+    async def scan(self, retention: float) -> int:
+        """Ask the cluster to restore every room saved within ``retention`` seconds; return
+        how many it restored (those whose lease was free).
+
+        Error handling: a snapshot that cannot be restored is logged and skipped (its code stays
+        taken); a storage failure propagates (the server should not start without its rooms);
+        an unreachable broker skips the rest (a later scan or a join adopts them).
+        """
+        cutoff = int((self._registry.clock.now() - retention) * 1000)
+        restored = 0
+        for code, text in await self._storage.load_room_snapshots(cutoff):
+            self._writer.stored.add(code)
+            reply = Reply[bool]()
+            await self._tell(Restore(code, text, reply))
+            try:
+                if await reply.wait():
+                    restored += 1
+            except BrokerUnavailable as exc:
+                log.warning("stored rooms not restored now: %s", exc)
+                break
+        if restored:
+            log.info("restored %d watch-party rooms", restored)
+        return restored
+
+    async def rescan(self, retention: float) -> None:
+        """Once the leases of a predecessor (a worker this one replaces) have expired, adopt
+        the rooms nobody took."""
+        await trio.sleep(self._lease_ttl_ms / 1000 + self._beat)
+        try:
+            await self.scan(retention)
+        except Exception:
+            log.exception("stored rooms not restored (a join adopts them)")
 
     async def acquire(self, code: str) -> Lease | None:
         return await self._broker.acquire_lease(lease_name(code), self._lease_ttl_ms)

@@ -8,8 +8,10 @@ connections' outboxes (``RoomPeer.push``: a full outbox evicts its connection, 4
 side the cluster's task is the one writer of a relayed peer's ``dropped``), answers to joins
 settle them, and ``drop``, ``beat``, ``moved`` and ``ended`` change the route's membership.
 :meth:`RemoteRoutes.beat` runs every ``beat`` seconds: each remote route sends its owner the
-list of its connections, repeats the joins not answered yet, and reports whether its owner has
-been silent for ``silence`` seconds (the cluster then tries the lease).
+list of its connections (the owner answers with the ones it does not know, as it was restored
+since: they join again, and the ones it dropped, replaced by another connection of the member),
+repeats the joins not answered yet, and reports whether its owner has been silent for
+``silence`` seconds (the cluster then tries the lease).
 
 Error handling: an item that is not ours (a version mismatch or a bug) is counted in
 ``malformed`` and skipped; a word from an owner the route no longer follows is ignored.
