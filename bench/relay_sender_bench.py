@@ -3,7 +3,7 @@
     python -m bench.relay_sender_bench [--frames 2000] [--rounds 200] [--runs 5]
 
 In one process, no server and no Redis: each round queues ``--frames`` frames for 8 other
-processes through :meth:`~dramaverse.actors.room_relay.Sender.frame` (three in four are copies
+processes through :meth:`~dramaverse.actors.room_sender.Sender.frame` (three in four are copies
 of one broadcast, which the sender merges into one item per process, as a room's broadcast to
 its relayed members), then lets the sender's task publish them on the in-process broker (no
 subscribers, so publishing costs the batching and JSON encoding only). Prints one JSON
@@ -19,7 +19,7 @@ import time
 import trio
 import trio.testing
 
-from dramaverse.actors.room_relay import Sender
+from dramaverse.actors.room_sender import Sender
 from dramaverse.broker.memory import MemoryBroker
 
 PROCESSES = 8

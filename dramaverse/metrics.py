@@ -11,7 +11,7 @@ with its component. The names are stable (a dashboard will depend on them); they
   (``actors/room_cluster.py``).
 - ``room_cluster.relay_published``: broker messages sent to other processes;
   ``room_cluster.relay_refused``: frames refused because the relay's backlog was full
-  (``actors/room_relay.py``, :class:`~dramaverse.actors.room_relay.Sender`).
+  (``actors/room_sender.py``, :class:`~dramaverse.actors.room_sender.Sender`).
 - ``broker.reconnects`` / ``.dropped`` / ``.received`` / ``.foreign``: Redis reconnections,
   publishes that never reached Redis, messages delivered here from other processes, messages
   without our envelope (``broker/redis.py``; absent with the in-process broker).

@@ -34,14 +34,9 @@ from dramaverse.actors.room_cluster import (
 )
 from dramaverse.actors.room_messages import RoomGone, RoomPeer, render_json
 from dramaverse.actors.room_registry import open_rooms
-from dramaverse.actors.room_relay import (
-    RELAY_TIMEOUT,
-    RelayOutbox,
-    Sender,
-    decode,
-    node_topic,
-)
+from dramaverse.actors.room_relay import RELAY_TIMEOUT, decode
 from dramaverse.actors.room_routes import RoomRoute
+from dramaverse.actors.room_sender import RelayOutbox, Sender, node_topic
 from dramaverse.broker.base import Broker
 from dramaverse.broker.memory import MemoryBroker
 from dramaverse.broker.redis import open_redis_broker
@@ -145,11 +140,15 @@ async def procs(
     broker: Broker | None = None,
     count: int = 2,
     settings: dict[str, Any] | None = None,
+    wrap: Callable[[Storage], Storage] = lambda storage: storage,
     **overrides: Any,
 ) -> AsyncIterator[tuple[list[Proc], Broker, Storage]]:
+    """``count`` processes on one broker and one store (``wrap`` puts something between the
+    processes and the store)."""
     settings_ = make_settings(tmp_path, watch_lead_min_seconds=0.1, **(settings or {}))
     broker = broker or MemoryBroker()
-    async with open_storage(settings_) as storage, trio.open_nursery() as nursery:
+    async with open_storage(settings_) as opened, trio.open_nursery() as nursery:
+        storage = wrap(opened)
         started = [
             await nursery.start(_run_proc, storage, broker, settings_, OPTIONS | overrides)
             for _ in range(count)

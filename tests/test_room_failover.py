@@ -5,8 +5,9 @@ contract suite (``backend``: the in-process broker, and the real Redis) and one 
 Each test drives one way a room changes hands and checks every step at the virtual time it
 must happen: the owner goes silent, its lease expires, another process takes it, restores the
 room and welcomes its members again; an owner loses its lease and its route goes remote; a room
-ends and keeps its lease until its snapshot's deletion is written. A lease "expires" when the
-test says so (``backend.steal``): the killed process's broker would renew it for ever.
+ends and keeps its lease until its snapshot's deletion is written (held back by
+:class:`SlowDeletes`, a slow disk in front of the real store). A lease "expires" when the test
+says so (``backend.steal``): the killed process's broker would renew it for ever.
 
 SQLite works in threads, so the clock jumps only after 0.5 s of real idleness
 (``MockClock.autojump_threshold``): a test waits on events, never on a poll.
@@ -15,7 +16,7 @@ SQLite works in threads, so the clock jumps only after 0.5 s of real idleness
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -33,6 +34,7 @@ from dramaverse.actors.room_cluster import (
 from dramaverse.actors.room_cluster_messages import Forget
 from dramaverse.actors.room_keeper import lease_name
 from dramaverse.actors.room_relay import RELAY_TIMEOUT
+from dramaverse.actors.room_snapshots import FLUSH_SECONDS
 from dramaverse.broker.base import Broker
 from dramaverse.broker.lease import Lease
 from dramaverse.errors import NotFound
@@ -71,21 +73,35 @@ class Leases:
         return [(at, taken) for at, lease, taken in self.tries if at >= start and lease == name]
 
 
+class SlowDeletes:
+    """The real store, whose snapshot deletions wait until ``written`` is set (a slow disk)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self.written = trio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    async def delete_room_snapshot(self, room_code: str) -> bool:
+        await self.written.wait()
+        return await self._storage.delete_room_snapshot(room_code)
+
+
 @asynccontextmanager
 async def two_processes(
     tmp_path: Path,
     backend: Backend,  # noqa: F811
     mock_clock: trio.testing.MockClock,
+    storage: Callable[[Storage], Storage] = lambda storage: storage,
     **settings: Any,
 ) -> AsyncIterator[tuple[Proc, Proc, Leases, Storage]]:
     mock_clock.autojump_threshold = 0.5
     leases = Leases(backend.broker)
-    async with procs(tmp_path, cast(Broker, leases), settings=settings or None, **TIMINGS) as (
-        [a, b],
-        _broker,
-        storage,
-    ):
-        yield a, b, leases, storage
+    async with procs(
+        tmp_path, cast(Broker, leases), settings=settings or None, wrap=storage, **TIMINGS
+    ) as ([a, b], _broker, store):
+        yield a, b, leases, store
 
 
 async def test_a_silent_owner_s_room_moves_once_its_lease_expires(
@@ -185,12 +201,10 @@ async def test_a_room_that_ends_keeps_its_lease_until_its_snapshot_is_deleted(
     mock_clock: trio.testing.MockClock,
 ) -> None:
     grace = 2.0
-    async with two_processes(tmp_path, backend, mock_clock, watch_empty_room_seconds=grace) as (
-        a,
-        b,
-        leases,
-        storage,
-    ):
+    async with two_processes(
+        tmp_path, backend, mock_clock, storage=SlowDeletes, watch_empty_room_seconds=grace
+    ) as (a, b, leases, storage):
+        assert isinstance(storage, SlowDeletes)
         alice = Device("alice")
         code, route_a = await create(a, alice)
         await flushed(a.cluster.writer)
@@ -200,26 +214,31 @@ async def test_a_room_that_ends_keeps_its_lease_until_its_snapshot_is_deleted(
 
         await alice.ok(route_a, "1", "room.leave")
         empty = trio.current_time()
-        # Empty for its grace: the actor ends the room and its route stops, in one instant;
-        # the lease is still a's, so no process can restore the room now.
+        # Empty for its grace: the actor ends the room and its route stops, in one instant.
         with trio.fail_after(2 * grace):
             await route_a.stopped.wait()
-        assert trio.current_time() - empty == pytest.approx(grace, abs=EPSILON)
+        ended = trio.current_time()
+        assert ended - empty == pytest.approx(grace, abs=EPSILON)
         assert not actor.abandoned
         assert not actor.failed
         assert not route_a.holds(alice.peer)
         assert a.cluster.find(code) is None
+
+        # Until its snapshot's deletion is written (bounded by FLUSH_SECONDS), the lease stays
+        # a's: no process can restore the room from the snapshot still stored.
+        await trio.sleep(FLUSH_SECONDS - 2 * BEAT_SECONDS)
+        assert await storage.load_room_snapshot(code) is not None
         assert await leases.acquire_lease(lease_name(code), LEASE_TTL_MS) is None
         with pytest.raises(NotFound):
             await a.cluster.locate(code)  # ending here: not adopted from its own snapshot
 
-        # The deletion is written, then the lease released: nobody finds the room again.
-        await flushed(a.cluster.writer)
-        assert await storage.load_room_snapshot(code) is None
+        # Written: then the lease is released, and nobody finds the room again.
+        storage.written.set()
         with trio.fail_after(TTL):
             # The release is a Redis round trip away.
             while (lease := await leases.acquire_lease(lease_name(code), LEASE_TTL_MS)) is None:  # noqa: ASYNC110
                 await trio.sleep(0.01)
+        assert await storage.load_room_snapshot(code) is None
         await lease.release()
         for proc in (b, a):
             with pytest.raises(NotFound):

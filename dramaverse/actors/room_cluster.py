@@ -90,9 +90,10 @@ from dramaverse.actors.room_keeper import Keeper, release
 from dramaverse.actors.room_messages import RoomGone
 from dramaverse.actors.room_ownership import Ownership
 from dramaverse.actors.room_registry import RoomRegistry
-from dramaverse.actors.room_relay import RELAY_TIMEOUT, Sender, node_topic, room_topic
+from dramaverse.actors.room_relay import RELAY_TIMEOUT, room_topic
 from dramaverse.actors.room_remote import RemoteRoutes
 from dramaverse.actors.room_routes import Conn, RoomRoute
+from dramaverse.actors.room_sender import Sender, node_topic
 from dramaverse.actors.room_snapshots import SnapshotWriter, open_watch_parties
 from dramaverse.broker.base import Broker
 from dramaverse.config import Settings

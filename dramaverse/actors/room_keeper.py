@@ -53,8 +53,9 @@ from dramaverse.actors.room_cluster_messages import (
     Vanished,
 )
 from dramaverse.actors.room_registry import RoomRegistry
-from dramaverse.actors.room_relay import RoomPort, Sender
+from dramaverse.actors.room_relay import RoomPort
 from dramaverse.actors.room_routes import Conn
+from dramaverse.actors.room_sender import Sender
 from dramaverse.actors.room_snapshots import FLUSH_SECONDS, SnapshotWriter
 from dramaverse.broker.base import Broker, BrokerUnavailable
 from dramaverse.broker.lease import Lease
