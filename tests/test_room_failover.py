@@ -10,7 +10,8 @@ ends and keeps its lease until its snapshot's deletion is written (held back by
 says so (``backend.steal``): the killed process's broker would renew it for ever.
 
 SQLite works in threads, so the clock jumps only after 0.5 s of real idleness
-(``MockClock.autojump_threshold``): a test waits on events, never on a poll.
+(``MockClock.autojump_threshold``): a test waits on events or for virtual time (it polls only
+for a lease whose release is a Redis round trip away).
 """
 
 from __future__ import annotations
@@ -25,19 +26,21 @@ import pytest
 import trio
 import trio.testing
 
+from dramaverse.actors.reply import Reply
 from dramaverse.actors.room_cluster import (
     BEAT_SECONDS,
     JOIN_TIMEOUT,
     LEASE_TTL_MS,
     SILENCE_SECONDS,
 )
-from dramaverse.actors.room_cluster_messages import Forget
+from dramaverse.actors.room_cluster_messages import Forget, Locate
 from dramaverse.actors.room_keeper import lease_name
 from dramaverse.actors.room_relay import RELAY_TIMEOUT
+from dramaverse.actors.room_routes import RoomRoute
 from dramaverse.actors.room_snapshots import FLUSH_SECONDS
 from dramaverse.broker.base import Broker
 from dramaverse.broker.lease import Lease
-from dramaverse.errors import NotFound
+from dramaverse.errors import NotFound, ServiceUnavailable
 from dramaverse.storage.base import Storage
 from tests.conftest import flushed
 from tests.test_broker_contract import Backend, backend  # noqa: F401 (the fixture)
@@ -285,3 +288,15 @@ async def test_only_the_cluster_s_task_changes_a_route(tmp_path: Path) -> None:
                 change()
         assert route.holds(alice.peer)
         assert route.actor is not None
+
+
+async def test_whoever_waits_on_a_stopping_cluster_is_answered_503(tmp_path: Path) -> None:
+    async with procs(tmp_path, count=1) as ([a], _broker, _storage):
+        queued = Reply[RoomRoute]()
+        assert a.cluster.tell_nowait(Locate("ZZZZZZZZ", queued))  # its task has not run since
+        a.kill()
+        with trio.fail_after(5):
+            with pytest.raises(ServiceUnavailable, match="stopping"):
+                await queued.wait()
+            with pytest.raises(ServiceUnavailable, match="stopping"):
+                await a.cluster.locate("YYYYYYYY")  # the mailbox is closed

@@ -308,7 +308,8 @@ class RoomCluster:
                 self._handle(message)
 
     def _stop(self) -> None:
-        self._receive.close()  # later senders get 503
+        """Answer what is queued or waiting with 503, then close the mailbox (later senders
+        get 503 too); no checkpoint in between."""
         stopping = ServiceUnavailable("The server is stopping; try again.")
         while True:
             try:
@@ -318,6 +319,7 @@ class RoomCluster:
             # An Adopted room stops with the registry, its lease with the broker.
             if isinstance(message, Locate | Enter | Restore | Adopted) and message.reply:
                 message.reply.fail(stopping)
+        self._receive.close()
         self._ownership.stop(stopping)
 
     def _start(self, fn: Callable[..., Any], *args: Any) -> None:
