@@ -37,6 +37,7 @@ from dramaverse.actors.room_cluster_messages import Forget, Locate
 from dramaverse.actors.room_keeper import lease_name
 from dramaverse.actors.room_relay import RELAY_TIMEOUT
 from dramaverse.actors.room_routes import RoomRoute
+from dramaverse.actors.room_sender import node_topic
 from dramaverse.actors.room_snapshots import FLUSH_SECONDS
 from dramaverse.broker.base import Broker
 from dramaverse.broker.lease import Lease
@@ -273,6 +274,11 @@ async def test_a_forget_lost_to_a_full_mailbox_is_swept_at_the_next_beat(
         route_b.disconnect("3", carol.peer)
         assert carol.peer.closed
         assert carol.peer in route_b.by_peer  # not forgotten yet
+        # A node-topic message meanwhile is dropped and counted (the broker's callback never
+        # waits); both brokers deliver to local subscribers before publish returns.
+        assert b.cluster.counters()["dropped"] == 0
+        await backend.broker.publish(node_topic(b.cluster.node), b'{"items": []}')
+        assert b.cluster.counters()["dropped"] == 1
         await trio.sleep(BEAT_SECONDS + EPSILON)  # the next beat sweeps it
         assert carol.peer not in route_b.by_peer
         assert route_b.holds(bob.peer)  # the others stay
