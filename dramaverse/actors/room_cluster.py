@@ -80,6 +80,7 @@ from dramaverse.actors.room_cluster_messages import (
     Enter,
     Forget,
     Leave,
+    Listening,
     Locate,
     Message,
     NodeItems,
@@ -154,6 +155,9 @@ class RoomCluster:
         self._relay_timeout = relay_timeout
         self._mailbox, self._receive = trio.open_memory_channel[Message](mailbox_size)
         self._conn_ids = itertools.count(1)
+        self._listening = False  # the node topic is subscribed
+        self._subscribing = False
+        self._relaying: list[tuple[Reply[RoomRoute], RoomRoute]] = []  # waiting for it
         self._task: trio.lowlevel.Task | None = None
         self._nursery: trio.Nursery | None = None
         self._remote = RemoteRoutes(
@@ -277,7 +281,7 @@ class RoomCluster:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Handle the mailbox and, with several processes, beat, until cancelled. Reports
-        started once it can serve (with several processes: its node topic is subscribed).
+        started once it can serve.
 
         Resource handling: its nursery holds the relay and helper tasks, started by this task
         only. On the way out whoever still waits on it (queued requests, rooms being adopted)
@@ -288,7 +292,6 @@ class RoomCluster:
                 self._nursery = nursery
                 if self.shared:
                     await nursery.start(self.sender.run)
-                    await nursery.start(self._hold_node_topic)
                     nursery.start_soon(self._keeper.rescan, self._retention)
                 task_status.started()
                 await self._serve()
@@ -320,15 +323,34 @@ class RoomCluster:
             if isinstance(message, Locate | Enter | Restore | Adopted) and message.reply:
                 message.reply.fail(stopping)
         self._receive.close()
+        for reply, _route in self._relaying:
+            reply.fail(stopping)
         self._ownership.stop(stopping)
 
     def _start(self, fn: Callable[..., Any], *args: Any) -> None:
         assert self._nursery is not None
         self._nursery.start_soon(fn, *args)
 
-    async def _hold_node_topic(self, *, task_status: trio.TaskStatus[None]) -> None:
+    def listen(self) -> None:
+        """Subscribe this process's node topic, unless it is (from the first room this process
+        relays on, for good: a process that relays once is likely to relay again)."""
+        if not self._listening and not self._subscribing:
+            self._subscribing = True
+            self._start(self._hold_node_topic)
+
+    def relay(self, route: RoomRoute, replies: list[Reply[RoomRoute]]) -> None:
+        """Answer ``replies`` with the remote ``route`` once the node topic is subscribed (the
+        owner's frames and answers come there)."""
+        self.listen()
+        if self._listening:
+            for reply in replies:
+                reply.resolve(route)
+        else:
+            self._relaying += [(reply, route) for reply in replies]
+
+    async def _hold_node_topic(self) -> None:
         async with self.broker.subscribe(node_topic(self.node), self._on_node):
-            task_status.started()
+            await self.tell(Listening())
             await trio.sleep_forever()
 
     def _on_node(self, data: bytes) -> None:
@@ -356,6 +378,11 @@ class RoomCluster:
             case Forget(route, peer):
                 route.remove(peer)
                 self.tidy(route)
+            case Listening():
+                self._listening = True
+                for reply, route in self._relaying:
+                    reply.resolve(route)
+                self._relaying.clear()
             case _:
                 self._ownership.handle(message)
 

@@ -8,7 +8,8 @@ from three sides:
   :meth:`~dramaverse.actors.room_cluster.RoomCluster.locate`): :class:`Locate`, :class:`Enter`,
   :class:`Leave`, :class:`Forget`;
 - the broker: :class:`NodeItems`, what owners sent this process's relayed members (the
-  node topic's callback only ``send_nowait``\\s it);
+  node topic's callback only ``send_nowait``\\s it), and :class:`Listening` once the node
+  topic is subscribed;
 - the cluster's helper tasks, which do the waiting (broker leases, storage, a room's keeper)
   and report what happened: the steps of a failover.
 
@@ -95,6 +96,11 @@ class NodeItems:
     decoded in the cluster's task)."""
 
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """This process's node topic is subscribed (from the first room it relays on, for good)."""
 
 
 # --- from the cluster's helper tasks: the steps of ownership ------------------------------
@@ -194,6 +200,7 @@ Message = (
     | Leave
     | Forget
     | NodeItems
+    | Listening
     | Restore
     | LeaseTaken
     | LeaseRefused

@@ -127,7 +127,8 @@ class Ownership:
             case Moved(actor):
                 route = self._cluster.routes.get(actor.code)
                 if route is not None and route.actor is actor:
-                    route.go_remote()
+                    route.go_remote()  # its connections rejoin at the next beat
+                    self._cluster.listen()
                     self._cluster.tidy(route)
             case Ended(actor):
                 route = self._cluster.routes.get(actor.code)
@@ -190,9 +191,7 @@ class Ownership:
         if claim.restore is not None:
             claim.restore.resolve(False)  # runs in another process
         if claim.locates:
-            route = self._cluster.route(code)  # someone runs it: relay
-            for reply in claim.locates:
-                reply.resolve(route)
+            self._cluster.relay(self._cluster.route(code), claim.locates)  # someone runs it
         self._tidy(claim)
 
     def _claim_failed(self, code: str, error: Exception) -> None:
