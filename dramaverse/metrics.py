@@ -6,11 +6,12 @@ with its component. The names are stable (a dashboard will depend on them); they
 - ``room_snapshots.writes`` / ``.deletes`` / ``.failures``: room snapshots written, deleted, and
   writes or deletes that failed (``actors/room_snapshots.py``).
 - ``room_cluster.takeovers``: rooms adopted from a process that lost them;
-  ``room_cluster.malformed``: messages on this process's node topic that were not ours
+  ``room_cluster.malformed``: messages on this process's node topic that were not ours;
+  ``room_cluster.dropped``: node-topic messages lost because the cluster's mailbox was full
   (``actors/room_cluster.py``).
 - ``room_cluster.relay_published``: broker messages sent to other processes;
-  ``room_cluster.relay_refused``: frames refused because a process's backlog was full
-  (``actors/room_relay.py``, :class:`~dramaverse.actors.room_relay.Sender`).
+  ``room_cluster.relay_refused``: frames refused because the relay's backlog was full
+  (``actors/room_sender.py``, :class:`~dramaverse.actors.room_sender.Sender`).
 - ``broker.reconnects`` / ``.dropped`` / ``.received`` / ``.foreign``: Redis reconnections,
   publishes that never reached Redis, messages delivered here from other processes, messages
   without our envelope (``broker/redis.py``; absent with the in-process broker).

@@ -34,14 +34,9 @@ from dramaverse.actors.room_cluster import (
 )
 from dramaverse.actors.room_messages import RoomGone, RoomPeer, render_json
 from dramaverse.actors.room_registry import open_rooms
-from dramaverse.actors.room_relay import (
-    RELAY_TIMEOUT,
-    RelayOutbox,
-    Sender,
-    decode,
-    node_topic,
-)
+from dramaverse.actors.room_relay import RELAY_TIMEOUT, decode
 from dramaverse.actors.room_routes import RoomRoute
+from dramaverse.actors.room_sender import RelayOutbox, Sender, node_topic
 from dramaverse.broker.base import Broker
 from dramaverse.broker.memory import MemoryBroker
 from dramaverse.broker.redis import open_redis_broker
@@ -145,11 +140,15 @@ async def procs(
     broker: Broker | None = None,
     count: int = 2,
     settings: dict[str, Any] | None = None,
+    wrap: Callable[[Storage], Storage] = lambda storage: storage,
     **overrides: Any,
 ) -> AsyncIterator[tuple[list[Proc], Broker, Storage]]:
+    """``count`` processes on one broker and one store (``wrap`` puts something between the
+    processes and the store)."""
     settings_ = make_settings(tmp_path, watch_lead_min_seconds=0.1, **(settings or {}))
     broker = broker or MemoryBroker()
-    async with open_storage(settings_) as storage, trio.open_nursery() as nursery:
+    async with open_storage(settings_) as opened, trio.open_nursery() as nursery:
+        storage = wrap(opened)
         started = [
             await nursery.start(_run_proc, storage, broker, settings_, OPTIONS | overrides)
             for _ in range(count)
@@ -365,17 +364,49 @@ async def test_members_of_a_dead_relay_are_disconnected(tmp_path: Path) -> None:
 
 
 async def test_a_relay_that_cannot_keep_up_evicts_as_a_slow_consumer() -> None:
-    sender = Sender(MemoryBroker(), max_backlog=2)
+    broker = MemoryBroker()
+    sender = Sender(broker, max_backlog=2)
     closed: list[int] = []
-    peer = RoomPeer(RelayOutbox(sender, "n1", "ROOMCODE", 7), lambda code, _: closed.append(code))
-    shared = render_json({"type": "room.chat"})
+
+    def evict(code: int, reason: str) -> None:
+        closed.append(code)
+        sender.control("n1", ["drop", "ROOMCODE", 7, code, reason])  # as a room port does
+
+    peer = RoomPeer(RelayOutbox(sender, "n1", "ROOMCODE", 7), evict)
     assert peer.push("a")
-    assert peer.push(shared)
     other = RoomPeer(RelayOutbox(sender, "n1", "ROOMCODE", 8))
-    assert other.push(shared)  # the same broadcast: merged, takes no room
-    assert not peer.push("b")  # a third item does not fit
+    assert other.push("b")
+    assert not peer.push("c")  # a third frame does not fit: evicted, never awaited
     assert peer.gone
+    assert not other.gone
     assert closed == [CloseCode.SLOW_CONSUMER]
+    assert sender.counters() == {"published": 0, "refused": 1}
+    assert sender.post("room:ROOMCODE", {"op": "beat", "conns": []}) is False  # behind: 503
+
+    # The eviction notice got past the frames' bound, and goes out after the frames queued.
+    got: list[dict[str, Any]] = []
+
+    def deliver(data: bytes) -> None:
+        message = decode(data)
+        assert message is not None
+        got.append(message)
+
+    async with trio.open_nursery() as nursery, broker.subscribe(node_topic("n1"), deliver):
+        await nursery.start(sender.run)
+        await trio.testing.wait_all_tasks_blocked()
+        assert other.push("d")  # drained: frames fit again
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert got == [
+        {
+            "items": [
+                ["f", "ROOMCODE", [7], "a"],
+                ["f", "ROOMCODE", [8], "b"],
+                ["drop", "ROOMCODE", 7, CloseCode.SLOW_CONSUMER, "slow consumer: outbox full"],
+            ]
+        },
+        {"items": [["f", "ROOMCODE", [8], "d"]]},
+    ]
 
 
 async def test_the_sender_batches_per_process() -> None:

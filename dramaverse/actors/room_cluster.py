@@ -24,70 +24,82 @@ route outlives the moves of its room, so connections never notice them beyond a 
   (its connections were closed with 4002); the route stops and its connections are no longer in
   it.
 
+The cluster is an actor. Its task (:meth:`RoomCluster.run`) alone changes the routes and the
+record of the rooms it adopts, runs and ends; everything that changes them is a message in its
+one mailbox (``room_cluster_messages.py``, which draws a room's sequence): from connections
+(locate, enter, leave, forget), from the node topic's callback (``send_nowait``), and from
+its helper tasks (``room_keeper.py``), which do every wait (leases, storage, a room's keeper)
+and report. The task hands the ownership steps to ``room_ownership.py`` and the remote routes'
+traffic and heartbeat to ``room_remote.py``. So a failover is a sequence of messages and
+heartbeats on trio's clock: the owner goes silent -> ``LeaseTaken`` once its lease expired ->
+``Adopted`` -> ``Serving`` (the route's connections got a fresh welcome); ``LeaseLost`` ->
+``Moved`` (local -> remote); ``Ended`` -> ``Released``. Connections read routes (``find``,
+``RoomRoute.actor``) and never wait for the cluster on a command's path.
+
 Failures: a room actor that fails restarts in place (``room.py``), so its keeper, port, route
 and lease do not notice. One that gives up (too many failures) keeps its snapshot: its keeper
-writes what is pending, answers joins 503 meanwhile, and then releases the lease, so the next
+writes what is pending, joins meanwhile answer 503, and then it releases the lease, so the next
 ``room.join`` (here or in any process) adopts the room from that snapshot, as after a dead owner.
 
-Heartbeats: every ``beat`` seconds each remote route sends the owner the list of its
-connections; the owner answers with the ones it does not know (it was restored since: join
-them again) and the ones it dropped (replaced by another connection of the member). A route
-that hears nothing from the owner for ``silence`` seconds tries to take the lease each beat; it
-succeeds once the dead owner's lease expired. At start every process also restores the stored
-rooms whose lease it can take, and scans again once a lease time later, so a restarted worker
-adopts the rooms of the one it replaces; a member whose socket died with its worker reconnects
-anywhere and ``room.join`` adopts the room if nobody has.
+Heartbeats (``room_remote.py``): a remote route that hears nothing from the owner for
+``silence`` seconds tries to take the lease each ``beat``; it succeeds once the dead owner's
+lease expired. At start every process also restores the stored rooms whose lease it can take,
+and scans again once a lease time later, so a restarted worker adopts the rooms of the one it
+replaces; a member whose socket died with its worker reconnects anywhere and ``room.join``
+adopts the room if nobody has.
 
 Resource handling: :func:`open_room_cluster` owns the registry and snapshot writer (through
-``open_watch_parties``) and a nursery with the relay tasks (the node subscription, taken when
-this process first relays a room; the :class:`~dramaverse.actors.room_relay.Sender`; the
-heartbeats) and one keeper task per room run here, which holds the room's port
-(``room:<code>`` subscription) and watches its lease. A room's
-lease is released after the room ended and its snapshot's deletion settled, so no other process
-can restore a room that just ended; at shutdown the broker releases the leases after the
-snapshots were written.
+``open_watch_parties``) and runs :meth:`RoomCluster.run`, whose nursery holds the relay tasks
+(the node subscription and the :class:`~dramaverse.actors.room_relay.Sender`, with several
+processes) and the helper tasks, one keeper per room run here among them. A room's lease is
+released after the room ended and its snapshot's deletion settled, so no other process can
+restore a room that just ended; at shutdown the broker releases the leases after the snapshots
+were written, and whoever still waits on the cluster gets 503.
 
 Error handling: an unreachable broker makes ``create``/``join`` answer 503 (a lease cannot be
 decided); a snapshot that cannot be restored is logged and skipped; malformed relay messages
-are dropped (``room_relay.py``).
+are counted and dropped (``room_relay.py``).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
+import math
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
 from dramaverse.actors.reply import Reply
-from dramaverse.actors.room import RoomActor, ServerClock
-from dramaverse.actors.room_registry import RoomRegistry
-from dramaverse.actors.room_relay import (
-    RELAY_TIMEOUT,
-    RoomPort,
-    Sender,
-    decode,
-    node_topic,
-    relayed_error,
-    room_topic,
+from dramaverse.actors.room import ServerClock
+from dramaverse.actors.room_cluster_messages import (
+    Adopted,
+    Enter,
+    Forget,
+    Leave,
+    Listening,
+    Locate,
+    Message,
+    NodeItems,
+    Origin,
+    Restore,
 )
+from dramaverse.actors.room_keeper import Keeper, release
+from dramaverse.actors.room_messages import RoomGone
+from dramaverse.actors.room_ownership import Ownership
+from dramaverse.actors.room_registry import RoomRegistry
+from dramaverse.actors.room_relay import RELAY_TIMEOUT, room_topic
+from dramaverse.actors.room_remote import RemoteRoutes
 from dramaverse.actors.room_routes import Conn, RoomRoute
-from dramaverse.actors.room_snapshots import FLUSH_SECONDS, SnapshotWriter, open_watch_parties
-from dramaverse.broker.base import Broker, BrokerUnavailable
-from dramaverse.broker.lease import Lease
+from dramaverse.actors.room_sender import Sender, node_topic
+from dramaverse.actors.room_snapshots import SnapshotWriter, open_watch_parties
+from dramaverse.broker.base import Broker
 from dramaverse.config import Settings
 from dramaverse.domain.rooms import Control
-from dramaverse.errors import (
-    BadRequest,
-    DramaverseError,
-    NotFound,
-    ServiceUnavailable,
-)
+from dramaverse.errors import BadRequest, ServiceUnavailable
 from dramaverse.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -98,11 +110,11 @@ SILENCE_SECONDS = 3.0  # an owner not heard from this long may be dead: try its 
 # A relayed join not answered in this long is refused with 503: longer than a dead owner's
 # lease takes to expire, so a member who rejoins during a failover waits for the new owner.
 JOIN_TIMEOUT = LEASE_TTL_MS / 1000 + 2 * BEAT_SECONDS
-RELEASE_TIMEOUT = 2.0
-
-
-def lease_name(code: str) -> str:
-    return f"room:{code}"
+# The cluster's mailbox. Its task never waits while it handles a message, so it is behind only
+# when starved; then node-topic messages are dropped (counted; heartbeats repair membership,
+# clients retry) and connections wait to send. A node message batches up to 256 items.
+MAILBOX_SIZE = 1024
+HAND_OVER_TIMEOUT = 5.0  # a created room waits this long, shielded, for the cluster to take it
 
 
 class RoomCluster:
@@ -116,7 +128,6 @@ class RoomCluster:
         writer: SnapshotWriter,
         storage: Storage,
         broker: Broker,
-        nursery: trio.Nursery,
         *,
         shared: bool,
         retention_seconds: float,
@@ -125,6 +136,7 @@ class RoomCluster:
         silence: float = SILENCE_SECONDS,
         join_timeout: float = JOIN_TIMEOUT,
         relay_timeout: float = RELAY_TIMEOUT,
+        mailbox_size: int = MAILBOX_SIZE,
     ) -> None:
         self.registry = registry
         self.writer = writer
@@ -132,31 +144,52 @@ class RoomCluster:
         self.broker = broker
         self.shared = shared
         self.node = secrets.token_hex(8)
-        self.routes: dict[str, RoomRoute] = {}
+        self.routes: dict[str, RoomRoute] = {}  # the task's; connections read it (``find``)
         self.sender = Sender(broker)
-        self.conn_ids = itertools.count(1)
         self.lease_ttl_ms = lease_ttl_ms
-        self.takeovers = 0  # rooms adopted from a process that lost them
-        self.malformed = 0
-        self._nursery = nursery
-        self._retention = retention_seconds
+        self.join_timeout = join_timeout
+        self.dropped = 0  # node-topic messages lost to a full mailbox (the callback's count)
+        self._retention = retention_seconds  # of stored rooms, for the scans
         self._beat = beat
         self._silence = silence
-        self.join_timeout = join_timeout
         self._relay_timeout = relay_timeout
-        self._locks: dict[str, trio.Lock] = {}
-        self._ending: set[str] = set()  # ended here; lease kept until the snapshot is deleted
-        self._resting: set[str] = set()  # gave up here; lease kept until the snapshot is written
-        self._adopting: set[str] = set()
-        self._listening: trio.Event | None = None  # set once the node topic is subscribed
+        self._mailbox, self._receive = trio.open_memory_channel[Message](mailbox_size)
+        self._conn_ids = itertools.count(1)
+        self._listening = False  # the node topic is subscribed
+        self._subscribing = False
+        self._relaying: list[tuple[Reply[RoomRoute], RoomRoute]] = []  # waiting for it
+        self._task: trio.lowlevel.Task | None = None
+        self._nursery: trio.Nursery | None = None
+        self._remote = RemoteRoutes(
+            self.routes, self.post_quietly, self.tidy, beat=beat, silence=silence
+        )
+        self._keeper = Keeper(
+            self.tell,
+            registry=registry,
+            writer=writer,
+            storage=storage,
+            broker=broker,
+            sender=self.sender,
+            shared=shared,
+            lease_ttl_ms=lease_ttl_ms,
+            beat=beat,
+            relay_timeout=relay_timeout,
+        )
+        self._ownership = Ownership(self, self._keeper, self._start)
 
-    # --- what connections call -----------------------------------------------------------
+    # --- what connections call (any task) ------------------------------------------------
 
     def counters(self) -> dict[str, int]:
-        """Rooms adopted from a process that lost them, malformed node-topic messages, and
-        the relay sender's counters as ``relay_*`` (``metrics.py``)."""
+        """Rooms adopted from a process that lost them, malformed and dropped node-topic
+        messages, and the relay sender's counters as ``relay_*`` (``metrics.py``)."""
         relay = {f"relay_{name}": value for name, value in self.sender.counters().items()}
-        return {"takeovers": self.takeovers, "malformed": self.malformed, **relay}
+        mine = {"takeovers": self.takeovers, "malformed": self._remote.malformed}
+        return mine | {"dropped": self.dropped, **relay}
+
+    @property
+    def takeovers(self) -> int:
+        """Rooms adopted from a process that lost them."""
+        return self._ownership.takeovers
 
     def find(self, code: str) -> RoomRoute | None:
         """The route of a room known to this process (normalised code), or None."""
@@ -169,7 +202,7 @@ class RoomCluster:
         """A new room run here, under a code nobody holds (then ``route.join`` the creator)."""
         for _ in range(10):
             code = self.registry.new_code()
-            lease = await self.broker.acquire_lease(lease_name(code), self.lease_ttl_ms)
+            lease = await self._keeper.acquire(code)
             if lease is not None:
                 break
         else:
@@ -179,391 +212,215 @@ class RoomCluster:
                 creator, name, control=control, wait_for_joiners=wait_for_joiners, code=code
             )
         except BaseException:
-            await self._release(lease)
+            await release(lease)
             raise
-        return await self._keep(actor, lease, self._route(code))
+        reply = Reply[RoomRoute]()
+        handed = False
+        # Shielded: once the room runs, the cluster must own it even if this caller leaves.
+        with trio.CancelScope(shield=True), trio.move_on_after(HAND_OVER_TIMEOUT):
+            try:
+                await self.tell(Adopted(actor, lease, Origin.CREATE, reply))
+                handed = True
+            except ServiceUnavailable:  # stopping
+                pass
+        if not handed:
+            actor.abandon()
+            await release(lease)
+            raise ServiceUnavailable("The server is too busy; try again.")
+        return await reply.wait()
 
     async def locate(self, code: str) -> RoomRoute:
         """The route to join room ``code``: here, elsewhere, or adopted here. NotFound if none."""
         route = self.find(code)
         if route is not None:
             return route
-        if code in self._resting:
-            raise ServiceUnavailable(f"Room {code} is restarting; join again in a moment.")
-        # One process adopts only a room that gave up (its snapshot stays, its code is taken).
-        if code in self._ending or not (self.shared or self.writer.taken(code)):
-            raise NotFound(f"Room {code} not found.")
-        lock = self._locks.setdefault(code, trio.Lock())
-        try:
-            async with lock:
-                route = self.find(code)
-                if route is not None:
-                    return route
-                lease = await self.broker.acquire_lease(lease_name(code), self.lease_ttl_ms)
-                if lease is None:  # someone runs it: relay
-                    await self._listen()
-                    return self._route(code)
-                route = await self._adopt(code, lease)  # nobody does: restore it here
-                if route is None:
-                    raise NotFound(f"Room {code} not found.")
-                return route
-        finally:
-            if not lock.locked() and lock.statistics().tasks_waiting == 0:
-                self._locks.pop(code, None)
-
-    # --- the relay side ------------------------------------------------------------------
+        reply = Reply[RoomRoute]()
+        await self.tell(Locate(code, reply))
+        return await reply.wait()
 
     def post(self, route: RoomRoute, message: dict[str, Any]) -> None:
         """Send ``message`` (with this node's id) to the owner of ``route``'s room."""
         try:
-            queued = self._post(route, message)
+            queued = self.post_quietly(route, message)
         except (TypeError, ValueError):  # not JSON (the socket's parser lets none through)
             raise BadRequest("data must be JSON.") from None
         if not queued:
             raise ServiceUnavailable("The server is too busy relaying; try again.")
 
-    def _post(self, route: RoomRoute, message: dict[str, Any]) -> bool:
+    def post_quietly(self, route: RoomRoute, message: dict[str, Any]) -> bool:
+        """:meth:`post`, returning False when the relay's queue is full."""
         message["node"] = self.node
         return self.sender.post(room_topic(route.code), message)
 
-    async def join_remote(self, route: RoomRoute, conn: Conn) -> None:
-        """Join through the owner; repeat the request each beat until answered."""
-        conn.answer = answer = Reply[None]()
-        conn.ref += 1
-        with trio.move_on_after(self.join_timeout):
-            while not answer.done.is_set():
-                self._post_join(route, conn)
-                with trio.move_on_after(self._beat):
-                    await answer.done.wait()
-        conn.answer = None
-        if not answer.done.is_set():
-            raise ServiceUnavailable(f"Room {route.code} is not answering; try again.")
-        await answer.wait()  # raises the refusal
+    async def tell(self, message: Message) -> None:
+        """Send the cluster's task ``message`` (it never waits itself, so this is brief)."""
+        try:
+            await self._mailbox.send(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ServiceUnavailable("The server is stopping; try again.") from None
 
-    def _post_join(self, route: RoomRoute, conn: Conn, *, again: bool = False) -> None:
-        """Send ``conn``'s join to the owner: a repeat of the current attempt (answers to it
-        count), or with ``again`` a new one (the owner changed)."""
-        if again:
-            conn.ref += 1
-        conn.rejoin_at = trio.current_time() + 2 * self._beat  # again, if unanswered
-        message = {"op": "join", "conn": conn.id, "member": conn.member, "name": conn.name}
-        self._post(route, message | {"ref": conn.ref})  # if the queue is full: the next beat
+    def tell_nowait(self, message: Message) -> bool:
+        """Send ``message`` without waiting; False when the mailbox is full or closed."""
+        try:
+            self._mailbox.send_nowait(message)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
 
-    def tidy(self, route: RoomRoute) -> None:
-        """Forget a route that no longer leads anywhere useful."""
-        if self.routes.get(route.code) is not route:
-            return
-        useless = route.stopped.is_set() or (route.actor is None and not route.conns)
-        if useless and route.code not in self._adopting:
-            del self.routes[route.code]
+    def check_owner(self) -> None:
+        """Raise unless called from the cluster's task (what changes a route runs there)."""
+        if trio.lowlevel.current_task() is not self._task:
+            raise RuntimeError("a room route is changed only by the room cluster's task")
 
-    async def _listen(self) -> None:
-        """Make sure this process listens on its node topic (from the first relayed room on,
-        for good: a process that relays once is likely to relay again)."""
-        if self._listening is None:
-            self._listening = trio.Event()
-            self._nursery.start_soon(self._hold_node_topic, self._listening)
-        await self._listening.wait()
+    async def restore_stored(self) -> int:
+        """Restore every room saved within the retention whose lease is free; return how many
+        (``Keeper.scan``)."""
+        return await self._keeper.scan(self._retention)
 
-    async def _hold_node_topic(self, listening: trio.Event) -> None:
+    # --- the cluster's task --------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Handle the mailbox and, with several processes, beat, until cancelled. Reports
+        started once it can serve.
+
+        Resource handling: its nursery holds the relay and helper tasks, started by this task
+        only. On the way out whoever still waits on it (queued requests, rooms being adopted)
+        gets 503."""
+        self._task = trio.lowlevel.current_task()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self.shared:
+                    await nursery.start(self.sender.run)
+                    nursery.start_soon(self._keeper.rescan, self._retention)
+                task_status.started()
+                await self._serve()
+        finally:
+            self._stop()
+
+    async def _serve(self) -> None:
+        next_beat = trio.current_time() + self._beat if self.shared else math.inf
+        while True:
+            if trio.current_time() >= next_beat:
+                self._on_beat()
+                next_beat = trio.current_time() + self._beat
+            message: Message | None = None
+            with trio.move_on_at(next_beat):  # one await
+                message = await self._receive.receive()
+            if message is not None:
+                self._handle(message)
+
+    def _stop(self) -> None:
+        """Answer what is queued or waiting with 503, then close the mailbox (later senders
+        get 503 too); no checkpoint in between."""
+        stopping = ServiceUnavailable("The server is stopping; try again.")
+        while True:
+            try:
+                message = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            # An Adopted room stops with the registry, its lease with the broker.
+            if isinstance(message, Locate | Enter | Restore | Adopted) and message.reply:
+                message.reply.fail(stopping)
+        self._receive.close()
+        for reply, _route in self._relaying:
+            reply.fail(stopping)
+        self._ownership.stop(stopping)
+
+    def _start(self, fn: Callable[..., Any], *args: Any) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
+
+    def listen(self) -> None:
+        """Subscribe this process's node topic, unless it is (from the first room this process
+        relays on, for good: a process that relays once is likely to relay again)."""
+        if not self._listening and not self._subscribing:
+            self._subscribing = True
+            self._start(self._hold_node_topic)
+
+    def relay(self, route: RoomRoute, replies: list[Reply[RoomRoute]]) -> None:
+        """Answer ``replies`` with the remote ``route`` once the node topic is subscribed (the
+        owner's frames and answers come there)."""
+        self.listen()
+        if self._listening:
+            for reply in replies:
+                reply.resolve(route)
+        else:
+            self._relaying += [(reply, route) for reply in replies]
+
+    async def _hold_node_topic(self) -> None:
         async with self.broker.subscribe(node_topic(self.node), self._on_node):
-            listening.set()
+            await self.tell(Listening())
             await trio.sleep_forever()
 
     def _on_node(self, data: bytes) -> None:
-        """Frames and answers from owners, for this process's connections (never blocks)."""
-        message = decode(data)
-        items = message.get("items") if message is not None else None
-        if not isinstance(items, list):
-            self.malformed += 1
-            return
-        now = trio.current_time()
-        for item in items:
-            if not (isinstance(item, list) and len(item) >= 2 and isinstance(item[1], str)):
-                self.malformed += 1
-                continue
-            route = self.routes.get(item[1])
-            if route is None or route.actor is not None or route.stopped.is_set():
-                continue  # a late word from an old owner
-            route.heard = now
-            try:
-                self._dispatch(route, item)
-            except (IndexError, TypeError, ValueError):
-                self.malformed += 1
-
-    def _dispatch(self, route: RoomRoute, item: list[Any]) -> None:
-        match item[0]:
-            case "f":
-                if not isinstance(item[3], str):
-                    raise TypeError("a frame must be text")
-                for conn_id in item[2]:
-                    conn = route.conns.get(conn_id)
-                    if conn is not None:
-                        conn.peer.push(item[3])
-            case "joined" | "refused":
-                conn = route.conns.get(item[2])
-                if conn is None or item[3] != conn.ref:
-                    return
-                conn.rejoin_at = None
-                if item[0] == "refused":
-                    error = relayed_error(item[4], item[5])
-                    if conn.answer is None and error.status == 503:
-                        conn.rejoin_at = trio.current_time() + self._beat  # moving: retry
-                        return
-                    if conn.answer is not None:
-                        conn.answer.fail(error)
-                    else:  # an unasked rejoin was refused: not a member
-                        route.forget(conn.peer)
-                if conn.answer is not None:
-                    conn.answer.resolve(None)  # ignored after the refusal
-            case "err":
-                conn = route.conns.get(item[2])
-                if conn is not None:
-                    conn.peer.on_error(int(item[3]))
-            case "drop":
-                conn = route.conns.get(item[2])
-                if conn is not None:
-                    route.forget(conn.peer)
-                    if item[3] is not None:
-                        conn.peer.evict(int(item[3]), str(item[4]))
-            case "beat":
-                for conn_id in item[2]:  # unknown to the owner: it was restored since
-                    conn = route.conns.get(conn_id)
-                    if conn is not None and conn.answer is None:
-                        self._post_join(route, conn, again=True)
-                for conn_id in item[3]:  # replaced by another connection of the member
-                    conn = route.conns.get(conn_id)
-                    if conn is not None:
-                        route.forget(conn.peer)
-            case "moved":  # its owner lost the lease: join whoever owns it next
-                for conn in route.conns.values():
-                    conn.ref += 1
-                    conn.rejoin_at = trio.current_time()
-            case "ended":
-                route.end()
-            case _:
-                self.malformed += 1
-
-    async def _beats(self) -> None:
-        """Heartbeats and owed joins of remote routes; adopt rooms whose owner went silent."""
-        while True:
-            await trio.sleep(self._beat)
-            now = trio.current_time()
-            for route in list(self.routes.values()):
-                if route.actor is not None or route.stopped.is_set():
-                    continue
-                route.prune()
-                if not route.conns:
-                    continue
-                conns = [[c.id, c.member] for c in route.conns.values() if not c.leaving_until]
-                self._post(route, {"op": "beat", "conns": conns})
-                for conn in list(route.conns.values()):
-                    if conn.leaving_until is not None:
-                        if conn.leaving_until <= now:
-                            route.forget(conn.peer)
-                    elif (
-                        conn.rejoin_at is not None and conn.rejoin_at <= now and conn.answer is None
-                    ):
-                        self._post_join(route, conn)
-                if now - route.heard >= self._silence and route.code not in self._adopting:
-                    self._nursery.start_soon(self._take_over, route)
-
-    async def _take_over(self, route: RoomRoute) -> None:
-        code = route.code
-        self._adopting.add(code)
+        """The node topic's callback (the broker's task): only queue it."""
         try:
-            try:
-                lease = await self.broker.acquire_lease(lease_name(code), self.lease_ttl_ms)
-            except BrokerUnavailable:
-                return
-            if lease is None:
-                return  # the owner still holds it (alive, or its lease has not expired yet)
-            if self.routes.get(code) is not route:  # every connection left meanwhile
-                await self._release(lease)
-                return
-            if await self._adopt(code, lease, route) is None:
-                route.end()  # no snapshot: the room ended
-        except Exception:  # storage trouble: the next beat tries again
-            log.exception("room %s not adopted", code)
-        finally:
-            self._adopting.discard(code)
-            self.tidy(route)
+            self._mailbox.send_nowait(NodeItems(data))
+        except trio.WouldBlock:
+            self.dropped += 1  # best effort, like the broker: heartbeats repair membership
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # stopping
 
-    # --- ownership -----------------------------------------------------------------------
+    def _handle(self, message: Message) -> None:
+        match message:
+            case NodeItems(data):
+                self._remote.handle(data)
+            case Enter():
+                self._enter(message)
+            case Leave(route, peer):
+                conn = route.by_peer.get(peer)
+                if route.actor is None and conn is not None:  # the owner's answer is coming
+                    conn.leaving_until = trio.current_time() + self.join_timeout
+                else:
+                    route.remove(peer)
+                    self.tidy(route)
+            case Forget(route, peer):
+                route.remove(peer)
+                self.tidy(route)
+            case Listening():
+                self._listening = True
+                for reply, route in self._relaying:
+                    reply.resolve(route)
+                self._relaying.clear()
+            case _:
+                self._ownership.handle(message)
 
-    def _route(self, code: str) -> RoomRoute:
+    def _on_beat(self) -> None:
+        for route in self._remote.beat():
+            self._ownership.silent(route)
+
+    def _enter(self, message: Enter) -> None:
+        route = message.route
+        current = self.routes.get(route.code)
+        if route.stopped.is_set() or (current is not None and current is not route):
+            message.reply.fail(RoomGone(f"Room {route.code} is closed; join again."))
+            return
+        if current is None:  # forgotten while it led nowhere; a connection uses it again
+            self.routes[route.code] = route
+        route.prune()
+        conn = Conn(next(self._conn_ids), message.member, message.name, message.peer)
+        route.add(conn)
+        if route.actor is not None:
+            message.reply.resolve(route.actor)  # the connection joins the actor itself
+            return
+        conn.answer = message.reply  # answered by the owner (node topic), repeated each beat
+        self._remote.join(route, conn, again=True)
+
+    def route(self, code: str) -> RoomRoute:
+        """The route of ``code``, a new (remote) one if there is none (the cluster's task)."""
         route = self.routes.get(code)
         if route is None or route.stopped.is_set():
             route = self.routes[code] = RoomRoute(self, code)
         return route
 
-    async def _adopt(
-        self, code: str, lease: Lease, route: RoomRoute | None = None
-    ) -> RoomRoute | None:
-        """With the lease in hand, restore ``code`` from its stored snapshot and run it here;
-        None (lease released) when there is no usable snapshot. A storage failure propagates
-        (lease released): the room is not known to be gone."""
-        try:
-            text = await self.storage.load_room_snapshot(code)
-            if text is None or code in self._ending:
-                await self._release(lease)
-                return None
-            self.writer.stored.add(code)  # before the actor records its restore: delayed
-            try:
-                actor = await self.registry.restore(json.loads(text))
-            except (DramaverseError, ValueError) as exc:  # InvalidSnapshot, bad JSON
-                log.warning("room %s not restored: %s", code, exc)
-                await self._release(lease)
-                return None
-        except BaseException:
-            await self._release(lease)
-            raise
-        self.takeovers += 1
-        log.info("room %s restored here from its snapshot (lease taken)", code)
-        return await self._keep(actor, lease, route or self._route(code))
-
-    async def _keep(self, actor: RoomActor, lease: Lease, route: RoomRoute) -> RoomRoute:
-        await self._nursery.start(self._keeper, actor, lease, route)
-        await route.attach_local(actor)
-        return route
-
-    async def _keeper(
-        self,
-        actor: RoomActor,
-        lease: Lease,
-        route: RoomRoute,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve a room run here until it stops; then end its route, or move it away."""
-        port = None
-        if self.shared:
-            port = RoomPort(actor, self.broker, self.sender, relay_timeout=self._relay_timeout)
-        async with trio.open_nursery() as nursery:
-            if port is not None:
-                await nursery.start(port.run)
-            held = [lease]  # the lease in force (re-acquired after a Redis outage)
-            nursery.start_soon(self._hold_lease, held, actor)
-            route.actor = actor
-            task_status.started()
-            await actor.stopped.wait()
-            if port is not None:
-                port.close("moved" if actor.abandoned else "ended")
-            nursery.cancel_scope.cancel()
-        if actor.abandoned:  # another process restores it: write nothing more, rejoin there
-            await self.writer.forget(actor.code)
-            await self._listen()
-            log.warning("room %s: lease lost; the room moves to another process", actor.code)
-            route.actor = None
-            route.heard = trio.current_time()
-            route.prune()
-            for conn in route.conns.values():
-                conn.ref += 1
-                conn.rejoin_at = route.heard
-            self.tidy(route)
+    def tidy(self, route: RoomRoute) -> None:
+        """Forget a route that no longer leads anywhere useful (the cluster's task)."""
+        if self.routes.get(route.code) is not route:
             return
-        route.end()
-        # Keep the lease until the snapshot's deletion is written (no other process may
-        # restore a room that just ended), or, for a room that gave up, until its last good
-        # snapshot is written (the next owner restores that one).
-        waiting = self._resting if actor.failed else self._ending
-        waiting.add(actor.code)
-        try:
-            with trio.move_on_after(FLUSH_SECONDS):
-                if actor.failed:
-                    await self.writer.expedite(actor.code)
-                await self.writer.settled(actor.code)
-        finally:
-            waiting.discard(actor.code)
-            await self._release(held[0])
-
-    async def _hold_lease(self, held: list[Lease], actor: RoomActor) -> None:
-        """Abandon the room when its lease is lost to another holder.
-
-        A lease lost because Redis is unreachable is different: nobody else can take it while
-        Redis is down, and the members connected here should keep their party. The room keeps
-        running; once Redis answers again the lease is taken anew, and only if another process
-        got it in the meantime (a partition, not an outage) is the room abandoned to it.
-        """
-        while True:
-            await held[0].lost.wait()
-            if self.broker.health().get("status") == "ok":
-                actor.abandon()
-                return
-            log.warning(
-                "room %s: Redis unreachable; the room stays here until it is back", actor.code
-            )
-            lease = await self._reacquire(actor.code)
-            if lease is None:
-                actor.abandon()
-                return
-            held[0] = lease
-            log.info("room %s: lease taken again after the outage", actor.code)
-
-    async def _reacquire(self, code: str) -> Lease | None:
-        """Wait for the broker, then take the lease again; None if another process holds it."""
-        while True:
-            await trio.sleep(self._beat)
-            if self.broker.health().get("status") != "ok":
-                continue
-            try:
-                return await self.broker.acquire_lease(lease_name(code), self.lease_ttl_ms)
-            except BrokerUnavailable:
-                continue
-
-    @staticmethod
-    async def _release(lease: Lease) -> None:
-        with trio.move_on_after(RELEASE_TIMEOUT, shield=True):
-            await lease.release()
-
-    async def restore_stored(self) -> int:
-        """Restore every room saved within the retention whose lease is free; return how many.
-
-        Error handling: a snapshot that cannot be restored is logged and skipped (its code stays
-        taken); a storage failure propagates (the server should not start without its rooms);
-        an unreachable broker skips the rest (a later scan or a join adopts them).
-        """
-        cutoff = int((self.registry.clock.now() - self._retention) * 1000)
-        restored = 0
-        for code, text in await self.storage.load_room_snapshots(cutoff):
-            self.writer.stored.add(code)
-            if self.find(code) is not None or code in self._ending:
-                continue
-            try:
-                lease = await self.broker.acquire_lease(lease_name(code), self.lease_ttl_ms)
-            except BrokerUnavailable as exc:
-                log.warning("stored rooms not restored now: %s", exc)
-                break
-            if lease is None:
-                continue  # runs in another process
-            try:
-                actor = await self.registry.restore(json.loads(text))
-            except (DramaverseError, ValueError) as exc:  # InvalidSnapshot, bad JSON
-                log.warning("room %s not restored: %s", code, exc)
-                await self._release(lease)
-                continue
-            await self._keep(actor, lease, self._route(code))
-            restored += 1
-        if restored:
-            log.info("restored %d watch-party rooms", restored)
-        return restored
-
-    async def run_relay(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """The sender and the heartbeats (the node topic is subscribed when first needed:
-        ``_listen``); until cancelled."""
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.sender.run)
-            nursery.start_soon(self._beats)
-            task_status.started()
-            # Once the leases of a predecessor (a worker this one replaces) have expired,
-            # adopt the rooms nobody took.
-            await trio.sleep(self.lease_ttl_ms / 1000 + self._beat)
-            try:
-                await self.restore_stored()
-            except Exception:
-                log.exception("stored rooms not restored (a join adopts them)")
+        useless = route.stopped.is_set() or (route.actor is None and not route.conns)
+        if useless and route.code not in self._ownership.claims:
+            del self.routes[route.code]
 
 
 @asynccontextmanager
@@ -581,8 +438,8 @@ async def open_room_cluster(
     stored room whose lease is free restored. The timings come from the WATCH_LEASE_SECONDS and
     WATCH_RELAY_* settings; ``options`` go to :class:`RoomCluster` and override them.
 
-    Resource handling: leaving stops the keepers and relay tasks, then (``open_watch_parties``)
-    the rooms, then the writer, which writes what is pending.
+    Resource handling: leaving stops the cluster's task (keepers and relay tasks with it), then
+    (``open_watch_parties``) the rooms, then the writer, which writes what is pending.
     """
     async with (
         open_watch_parties(
@@ -602,13 +459,11 @@ async def open_room_cluster(
             writer,
             storage,
             broker,
-            nursery,
             shared=shared,
             retention_seconds=float(settings.room_snapshot_retention_seconds),
             **(timings | options),  # explicit options (tests) win over the settings
         )
-        if shared:
-            await nursery.start(cluster.run_relay)
+        await nursery.start(cluster.run)
         await cluster.restore_stored()
         yield cluster
         nursery.cancel_scope.cancel()

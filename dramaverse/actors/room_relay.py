@@ -6,15 +6,13 @@ is *relayed*: that process publishes the member's frames on the room's topic, ``
 to which only the owner subscribes, and the owner publishes the frames for that process's
 members on the process's own topic, ``node:<node id>``. This module is both ends of that wire:
 
-- :class:`Sender` (one per process) queues everything this process sends to others and one task
-  publishes it. Frames for one process are **batched** (one broker message carries everything
-  queued for that process, up to ``MAX_BATCH_ITEMS`` items) and a broadcast rendered once is
-  sent once per process, with the list of its connections. Each process's backlog is bounded
-  (``MAX_NODE_BACKLOG`` items): a frame that does not fit evicts its member as a slow consumer
-  (4001), exactly like a full local outbox, so a stuck relay never holds up a room.
+- :class:`~dramaverse.actors.room_sender.Sender` (one per process, ``room_sender.py``) is an
+  actor whose bounded mailbox queues everything this process sends to others, batched per
+  process; a frame that does not fit evicts its member as a slow consumer (4001).
 - :class:`RoomPort` (one per owned room) serves the room's topic: joins, commands, clock
   replies, disconnects and heartbeats of relayed members. A relayed member is an ordinary
-  :class:`~dramaverse.actors.room.RoomPeer` whose outbox is a :class:`RelayOutbox`, so the room
+  :class:`~dramaverse.actors.room.RoomPeer` whose outbox is a
+  :class:`~dramaverse.actors.room_sender.RelayOutbox`, so the room
   actor cannot tell it from a local connection.
 
 Messages on ``room:<code>`` are JSON objects with ``op``: ``join`` (``node, conn, member, name,
@@ -32,9 +30,9 @@ Delivery is best effort (the broker may drop messages): heartbeats repair member
 directions, the room's periodic clock pings and position reports re-converge playback, and a
 command whose answer was lost is a client-side timeout. See ``docs/watch-parties.md``.
 
-Resource handling: :meth:`Sender.run` and :meth:`RoomPort.run` are tasks of the room cluster's
-nursery; a port's subscription lives exactly as long as its ``run``. Nothing here owns a room
-actor or a connection.
+Resource handling: :meth:`RoomPort.run` is a task of a room's keeper (``room_keeper.py``); a
+port's subscription lives exactly as long as its ``run``. Nothing here owns a room actor or a
+connection.
 
 Error handling: a malformed message from the broker is counted and dropped, never raised; the
 wire is between our own processes, so a bad one means a version mismatch or a bug.
@@ -44,7 +42,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +49,7 @@ import trio
 
 from dramaverse.actors.room import RoomActor
 from dramaverse.actors.room_messages import RoomGone, RoomPeer, render_json
+from dramaverse.actors.room_sender import RelayOutbox, Sender
 from dramaverse.broker.base import Broker
 from dramaverse.errors import (
     BadRequest,
@@ -65,28 +63,14 @@ from dramaverse.errors import (
 
 log = logging.getLogger(__name__)
 
-MAX_NODE_BACKLOG = 2048  # items queued for one process before its members are evicted (4001)
-MAX_ROOM_BACKLOG = 10_000  # messages queued for owners (joins, commands, disconnects, beats)
-MAX_BATCH_ITEMS = 256  # items per broker message to one process
 PORT_INBOX = 256  # relayed messages waiting for one room's port; more are dropped
 RELAY_TIMEOUT = 5.0  # seconds: a relayed member no heartbeat vouched for since is disconnected
 MAX_NODE_LENGTH = 64
-
-Item = list[Any]
 
 
 def room_topic(code: str) -> str:
     """Where a room's owner listens for its relayed members."""
     return f"room:{code}"
-
-
-def node_topic(node: str) -> str:
-    """Where a process listens for the frames of the members it relays."""
-    return f"node:{node}"
-
-
-def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 def decode(data: bytes) -> dict[str, Any] | None:
@@ -115,105 +99,6 @@ def relayed_error(status: object, message: object) -> DramaverseError:
     """The error an owner answered with, rebuilt on the relay's side."""
     cls = ERRORS.get(status, ServiceUnavailable) if isinstance(status, int) else ServiceUnavailable
     return cls(str(message)[:500])
-
-
-class Sender:
-    """Everything this process publishes to other processes' room members and owners.
-
-    ``frame`` and ``control`` queue items for one process (``node``); ``post`` queues a message
-    for a room's owner. None of them blocks; :meth:`run` publishes, in order.
-    """
-
-    def __init__(
-        self,
-        broker: Broker,
-        *,
-        max_backlog: int = MAX_NODE_BACKLOG,
-        max_batch: int = MAX_BATCH_ITEMS,
-    ) -> None:
-        self._broker = broker
-        self._max_backlog = max_backlog
-        self._max_batch = max_batch
-        self._nodes: dict[str, deque[Item]] = {}
-        self._rooms: deque[tuple[str, bytes]] = deque()
-        self._wake = trio.Event()
-        self.published = 0  # broker messages
-        self.refused = 0  # frames refused because a process's backlog was full
-
-    def counters(self) -> dict[str, int]:
-        """Broker messages published, frames refused for a full backlog (``metrics.py``)."""
-        return {"published": self.published, "refused": self.refused}
-
-    def frame(self, node: str, code: str, conn: int, frame: str) -> bool:
-        """Queue ``frame`` for connection ``conn`` of ``node``; False when the backlog is full."""
-        queue = self._nodes.get(node)
-        if queue is None:
-            queue = self._nodes[node] = deque()
-        elif queue:
-            last = queue[-1]
-            # The room renders a broadcast once: the same string for every member.
-            if last[0] == "f" and last[3] is frame and last[1] == code:
-                last[2].append(conn)
-                return True
-        if len(queue) >= self._max_backlog:
-            self.refused += 1
-            return False
-        queue.append(["f", code, [conn], frame])
-        self._wake.set()
-        return True
-
-    def control(self, node: str, item: Item) -> None:
-        """Queue a control item for ``node``. Controls are few (a handful per member and
-        room), so they are let past the frame bound, up to twice it."""
-        queue = self._nodes.setdefault(node, deque())
-        if len(queue) >= 2 * self._max_backlog:
-            log.warning("relay to node %s is far behind: %s dropped", node, item[0])
-            return
-        queue.append(item)
-        self._wake.set()
-
-    def post(self, topic: str, message: dict[str, Any]) -> bool:
-        """Queue ``message`` for the owner listening on ``topic``; False when too much waits."""
-        if len(self._rooms) >= MAX_ROOM_BACKLOG:
-            return False
-        self._rooms.append((topic, encode(message)))
-        self._wake.set()
-        return True
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Publish what is queued until cancelled."""
-        task_status.started()
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            while self._rooms or self._nodes:
-                while self._rooms:
-                    topic, payload = self._rooms.popleft()
-                    await self._publish(topic, payload)
-                for node in list(self._nodes):
-                    queue = self._nodes.pop(node)
-                    while queue:
-                        count = min(len(queue), self._max_batch)
-                        items = [queue.popleft() for _ in range(count)]
-                        await self._publish(node_topic(node), encode({"items": items}))
-
-    async def _publish(self, topic: str, payload: bytes) -> None:
-        self.published += 1
-        await self._broker.publish(topic, payload)
-
-
-@dataclass(eq=False, slots=True)
-class RelayOutbox:
-    """A relayed member's outbox, as the room actor sees it: frames go to the sender."""
-
-    sender: Sender
-    node: str
-    code: str
-    conn: int
-
-    def send_nowait(self, value: str) -> None:
-        if not self.sender.frame(self.node, self.code, self.conn, value):
-            raise trio.WouldBlock
 
 
 @dataclass(eq=False, slots=True)
