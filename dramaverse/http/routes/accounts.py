@@ -1,16 +1,46 @@
-"""``/api/auth``: registration and login."""
+"""``/api/auth``: registration and login; each creates a sign-in session (docs/auth.md).
+
+The answers keep the original server's shapes; the token now also carries the session's id
+(``sid``) and a token id (``jti``). The session records when and from where it started, and a
+device label derived from the User-Agent ("Firefox on Windows").
+"""
 
 from __future__ import annotations
 
-from quart import Blueprint, Response
+from quart import Blueprint, Response, request
 
-from dramaverse.errors import Unauthorized
+from dramaverse.domain.sessions import (
+    MAX_ADDRESS_LENGTH,
+    MAX_USER_AGENT_LENGTH,
+    bounded,
+    device_label,
+    new_session_id,
+)
+from dramaverse.errors import Forbidden, Unauthorized
 from dramaverse.http.auth import parse_login, parse_registration
 from dramaverse.http.responses import json_response, read_json_body
 from dramaverse.http.routes.guards import auth_rate_limited
-from dramaverse.http.state import app_state
+from dramaverse.http.state import AppState, app_state
+from dramaverse.storage.accounts import SessionStart
 
 blueprint = Blueprint("accounts", __name__)
+
+BANNED = "This account has been banned."
+
+
+def new_session(state: AppState, now_ms: int) -> SessionStart:
+    """The session a login or registration at ``now_ms`` starts, from this request."""
+    user_agent = request.headers.get("User-Agent")
+    address = state.perimeter.address(request.remote_addr, request.headers.get("X-Forwarded-For"))
+    expires_ms = (now_ms // 1000 + state.tokens.ttl_seconds) * 1000  # the token's exp
+    return SessionStart(
+        new_session_id(),
+        now_ms,
+        expires_ms,
+        bounded(address, MAX_ADDRESS_LENGTH),
+        device_label(user_agent),
+        bounded(user_agent, MAX_USER_AGENT_LENGTH),
+    )
 
 
 @blueprint.post("/api/auth/register")
@@ -19,8 +49,12 @@ async def register() -> Response:
     username, password = parse_registration(await read_json_body())
     state = app_state()
     password_hash = await state.passwords.hash(password)
-    user_id = await state.storage.create_user(username, password_hash)
-    token = state.tokens.issue(user_id, username)
+    now_ms = state.clock_ms()
+    session = new_session(state, now_ms)
+    user_id = await state.storage.create_user(
+        username, password_hash, now_ms=now_ms, session=session
+    )
+    token = state.tokens.issue(user_id, username, session_id=session.id, now=now_ms / 1000)
     return json_response(
         {"message": "User created successfully", "user": {"username": username}, "token": token},
         201,
@@ -36,5 +70,13 @@ async def login() -> Response:
     if not await state.passwords.verify(password, user.password_hash if user else None):
         raise Unauthorized("Invalid credentials")
     assert user is not None
-    token = state.tokens.issue(user.id, user.username)
+    if user.is_banned:  # only said to whoever knows the password
+        raise Forbidden(BANNED)
+    now_ms = state.clock_ms()
+    session = new_session(state, now_ms)
+    try:
+        await state.storage.create_session(user.id, session)
+    except Unauthorized:  # deleted since it was looked up
+        raise Unauthorized("Invalid credentials") from None
+    token = state.tokens.issue(user.id, user.username, session_id=session.id, now=now_ms / 1000)
     return json_response({"user": {"username": user.username}, "token": token})
