@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 from dramaverse.errors import Conflict, DramaverseError
 from dramaverse.http.health import HealthCheck
 from dramaverse.http.responses import error_response, json_response, raw_json_response
-from dramaverse.http.routes import accounts, catalog, library, player
+from dramaverse.http.routes import accounts, catalog, library, player, sessions
 from dramaverse.http.security import SECURITY_HEADERS, CorsPolicy
 from dramaverse.http.state import AppState
 from dramaverse.realtime import socketio
@@ -82,6 +82,7 @@ def create_app(state: AppState) -> QuartTrio:
     app.register_blueprint(accounts.blueprint)
     app.register_blueprint(library.blueprint)
     app.register_blueprint(player.blueprint)
+    app.register_blueprint(sessions.blueprint)
     socketio.install(app, state)  # its sessions' nursery: runtime starts engine_server(app).run
 
     @app.errorhandler(DramaverseError)
