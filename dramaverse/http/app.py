@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from dramaverse.errors import Conflict, DramaverseError
 from dramaverse.http.health import HealthCheck
+from dramaverse.http.openapi import document_bytes
 from dramaverse.http.responses import error_response, json_response, raw_json_response
 from dramaverse.http.routes import accounts, catalog, library, player, sessions
 from dramaverse.http.security import SECURITY_HEADERS, CorsPolicy
@@ -26,7 +27,7 @@ HEALTH_OK = b'{"status":"ok"}'
 
 
 def create_app(state: AppState) -> QuartTrio:
-    app = QuartTrio(__name__)
+    app = QuartTrio(__name__, static_folder=None)  # no static files: every route is ours
     app.extensions["dramaverse"] = state
     app.config["MAX_CONTENT_LENGTH"] = state.settings.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
@@ -77,6 +78,12 @@ def create_app(state: AppState) -> QuartTrio:
             return raw_json_response(HEALTH_OK)
         status, body = answer
         return json_response(body, status)
+
+    openapi_body = document_bytes(state.settings)
+
+    @app.get("/api/openapi.json")
+    async def openapi() -> Response:
+        return raw_json_response(openapi_body)  # built once (http/openapi.py)
 
     app.register_blueprint(catalog.blueprint)
     app.register_blueprint(accounts.blueprint)

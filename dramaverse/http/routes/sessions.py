@@ -81,7 +81,9 @@ async def list_sessions(user: AuthUser) -> Response:
     )
 
 
-@blueprint.delete("/api/user/sessions/<session_id>")
+# No slash merging: "/api/user/sessions//x" is no session's path (Werkzeug would answer it
+# with an HTML redirect to ".../x").
+@blueprint.delete("/api/user/sessions/<session_id>", merge_slashes=False)
 @authenticated
 async def end_session(user: AuthUser, session_id: str) -> Response:
     if not is_session_id(session_id):
