@@ -25,6 +25,7 @@ from dramaverse.http.responses import json_response, read_json_body
 from dramaverse.http.routes.guards import auth_rate_limited
 from dramaverse.http.state import AppState, app_state
 from dramaverse.storage.accounts import SessionStart
+from dramaverse.storage.base import UserRecord
 
 blueprint = Blueprint("accounts", __name__)
 
@@ -44,6 +45,26 @@ def new_session(state: AppState, now_ms: int) -> SessionStart:
         device_label(user_agent),
         bounded(user_agent, MAX_USER_AGENT_LENGTH),
     )
+
+
+async def refuse_if_changed(
+    state: AppState, user: UserRecord, session_id: str, now_ms: int
+) -> None:
+    """Read the user again now that the session is stored: a ban or a password reset that
+    committed while the password was being checked refuses this login (its session ends, no
+    token is issued). One committed after this read finds the session and ends it itself
+    (http/moderation.py)."""
+    current = await state.storage.get_user(user.id)
+    if (
+        current is not None
+        and not current.is_banned
+        and current.password_hash == user.password_hash
+    ):
+        return
+    await state.storage.end_session(user.id, session_id, now_ms)
+    if current is not None and current.is_banned:
+        raise Forbidden(BANNED)
+    raise Unauthorized("Invalid credentials")
 
 
 @blueprint.post("/api/auth/register")
@@ -88,6 +109,7 @@ async def login() -> Response:
         await state.storage.create_session(user.id, session)
     except Unauthorized:  # deleted since it was looked up
         raise Unauthorized("Invalid credentials") from None
+    await refuse_if_changed(state, user, session.id, now_ms)
     token = state.tokens.issue(user.id, user.username, session_id=session.id, now=now_ms / 1000)
     response = json_response({"user": {"username": user.username}, "token": token})
     if wants_cookie:
