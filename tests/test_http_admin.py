@@ -304,3 +304,29 @@ async def test_a_users_data_is_everything_stored_but_the_password_hash(server: S
     assert len(data["sessions"]) == 1
     assert "password" not in str(data).lower()
     assert "$2b$" not in str(data)
+
+
+# -- the OpenAPI document ----------------------------------------------------------------------
+
+
+async def test_the_admin_routes_are_described_with_what_they_answer(server: Server) -> None:
+    alice, _ = await admin_and_bob(server)
+    document = (await server.client.get("/api/openapi.json")).json()
+    for method, path in ROUTES:
+        described = path.replace("/2", "/{user_id}")
+        operation = document["paths"][described][method.lower()]
+        assert operation["tags"] == ["admin"]
+        assert operation["security"] == [{"bearerAuth": []}]
+        statuses = set(operation["responses"])
+        assert {"200", "400", "401", "403", "429", "503"} <= statuses, path
+        assert ("404" in statuses) == ("{user_id}" in described), path
+        last_admin = described.endswith(("/demote", "/ban")) or method == "DELETE"
+        assert ("409" in statuses) == last_admin, path
+    schemas = document["components"]["schemas"]
+    listed = (await call(server, alice, "GET", "/api/admin/users")).json()["users"][0]
+    assert set(listed) == set(schemas["UserSummary"]["required"])
+    changed = (await call(server, alice, "POST", "/api/admin/users/2/unban")).json()
+    assert set(changed["user"]) == set(schemas["AdminUser"]["required"])
+    stats = (await call(server, alice, "GET", "/api/admin/stats")).json()
+    stats_schema = document["paths"]["/api/admin/stats"]["get"]["responses"]["200"]
+    assert set(stats) == set(stats_schema["content"]["application/json"]["schema"]["required"])

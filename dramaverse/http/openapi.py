@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from dramaverse import __version__
 from dramaverse.config import Settings
+from dramaverse.http import openapi_admin
 from dramaverse.http.openapi_parts import error
 from dramaverse.http.openapi_paths import paths
 
@@ -117,25 +118,27 @@ def document(settings: Settings) -> dict[str, Any]:
             "description": (
                 "The HTTP API of the Dramaverse server: the original server's contract "
                 "(catalog, accounts, library, player status) and the resources added since "
-                '(sign-in sessions). Errors are {"message": ...} JSON. Real-time: the native '
-                "WebSocket /api/ws (docs/protocol.md) and Socket.IO (docs/socketio.md)."
+                '(sign-in sessions, the admin API). Errors are {"message": ...} JSON. '
+                "Real-time: the native WebSocket /api/ws (docs/protocol.md) and Socket.IO "
+                "(docs/socketio.md)."
             ),
         },
         "tags": [
             {"name": "catalog"},
             {"name": "accounts"},
             {"name": "sessions", "description": "Sign-in sessions (docs/auth.md)."},
+            {"name": "admin", "description": "Administrators only (docs/auth.md, roles)."},
             {"name": "library"},
             {"name": "player"},
             {"name": "realtime"},
             {"name": "server"},
         ],
-        "paths": paths(settings.socket_io_path),
+        "paths": {**paths(settings.socket_io_path), **openapi_admin.paths()},
         "components": {
             "securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             },
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **openapi_admin.SCHEMAS},
             "responses": RESPONSES,
         },
     }

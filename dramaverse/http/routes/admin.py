@@ -72,7 +72,8 @@ def search_argument() -> str:
 
 
 def moderation(state: AppState) -> Moderation:
-    return Moderation(state.storage, state.revoker, state.passwords, state.clock_ms)
+    tokens = state.tokens  # a cut-off is compared with tokens' iat: their clock
+    return Moderation(state.storage, state.revoker, state.passwords, lambda: tokens.now() * 1000)
 
 
 def user_json(user: UserRecord) -> dict[str, Any]:
