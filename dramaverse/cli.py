@@ -1,4 +1,4 @@
-"""``dramaverse serve | migrate | seed``: the command line."""
+"""``dramaverse serve | migrate | seed | user``: the command line (``user``: ``cli_users.py``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 import trio
 
+from dramaverse.cli_users import add_user_commands, run_user_command
 from dramaverse.config import Settings, load_settings
 from dramaverse.domain.records import RecordError, validate_record
 from dramaverse.errors import ConfigError, DramaverseError, lone_error
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument(
         "--if-empty", action="store_true", help="only import when the catalog has no dramas yet"
     )
+    add_user_commands(commands)
     return parser
 
 
@@ -85,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if (args.file is None) == (not args.sample):
                 parser.error("seed takes a FILE or --sample (exactly one)")
             return trio.run(_seed, settings, args.file, args.if_empty)
+        if args.command == "user":
+            return run_user_command(settings, args)
     except (ConfigError, SeedRejected) as exc:
         print(f"dramaverse: error: {exc.message}", file=sys.stderr)
         return 2

@@ -247,6 +247,20 @@ class Settings:
         shown="generated in development",
     )
     jwt_ttl_seconds: int = integer("JWT_TTL_SECONDS", 24 * 3600, 60, 366 * 86400, "token lifetime")
+    # Sign-in sessions and revocation (docs/auth.md)
+    session_touch_seconds: float = number(
+        "SESSION_TOUCH_SECONDS", 60.0, 0.05, 3600, "how often sessions' last-seen times are written"
+    )
+    revocation_refresh_seconds: float = number(
+        "REVOCATION_REFRESH_SECONDS", 30.0, 0.05, 3600, "how often revocations are reloaded"
+    )
+    session_retention_seconds: int = integer(
+        "SESSION_RETENTION_SECONDS",
+        30 * 86400,
+        3600,
+        10 * 365 * 86400,
+        "ended or expired sessions are kept this long",
+    )
     cors_allowed_origins: tuple[str, ...] = text(
         "CORS_ALLOWED_ORIGINS",
         DEFAULT_ORIGINS,

@@ -13,7 +13,8 @@
     ├── NotFound (404)              the addressed resource does not exist
     ├── MethodNotAllowed (405)
     ├── Conflict (409)              a write lost against a newer stored version
-    │   └── UsernameTaken
+    │   ├── UsernameTaken
+    │   └── LastAdmin               storage: the last admin cannot be demoted, banned or deleted
     ├── PayloadTooLarge (413)
     ├── TooManyRequests (429)
     └── ServiceUnavailable (503)    try again later
@@ -80,6 +81,10 @@ class Conflict(DramaverseError):
 
 class UsernameTaken(Conflict):
     pass
+
+
+class LastAdmin(Conflict):
+    """Demoting, banning or deleting the only admin who is not banned."""
 
 
 class PayloadTooLarge(DramaverseError):

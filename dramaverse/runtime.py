@@ -2,7 +2,8 @@
 
 Order: the trio-asyncio loop (the only one in the process), storage (migrated), the broker, the
 session hub, the watch-party rooms (restored from their snapshots under their leases, relayed to
-and from other processes), the catalog keeper and the event-log pruner, the Socket.IO sessions
+and from other processes), the catalog keeper, the revocation core (revoked sign-in sessions
+loaded) and the last-seen writer, the event-log pruner, the Socket.IO sessions
 (and, in a worker of ``serve --workers N``, the router that relays other workers' sessions), then
 Hypercorn serving the app.
 
@@ -101,6 +102,16 @@ async def serve(
         keeper = CatalogKeeper(storage, settings.catalog_poll_seconds)
         await nursery.start(keeper.run)
         state = AppState.build(settings, storage, keeper, broker, hub, shutdown)
+        # Revocations still in force are loaded before the server listens (docs/auth.md).
+        await nursery.start(state.revoker.run)
+        await nursery.start(
+            partial(
+                state.activity.run,
+                storage,
+                settings.session_touch_seconds,
+                state.sockets.session_ids,
+            )
+        )
         state.rooms, state.room_snapshots = rooms.registry, rooms.writer  # restored
         state.room_cluster = rooms  # owned here by lease, or relayed (docs/watch-parties.md)
         shared_storage = storage if rooms.shared else None  # other processes' rooms: snapshots

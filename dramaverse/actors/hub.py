@@ -324,13 +324,15 @@ async def run_event_pruner(
 ) -> None:
     """Apply the event-log retention every ``event_prune_seconds``, until cancelled.
 
-    The same pass drops expired player statuses (``PLAYER_STATUS_TTL_SECONDS``) and room
-    snapshots untouched for ``ROOM_SNAPSHOT_RETENTION_SECONDS``.
+    The same pass drops expired player statuses (``PLAYER_STATUS_TTL_SECONDS``), room
+    snapshots untouched for ``ROOM_SNAPSHOT_RETENTION_SECONDS`` and sign-in sessions that
+    ended or expired ``SESSION_RETENTION_SECONDS`` ago.
     """
     task_status.started()
     while True:
         await trio.sleep(settings.event_prune_seconds)
         await _prune_watch_parties(storage, settings, clock_ms())  # never raises
+        await _prune_sessions(storage, settings, clock_ms())  # never raises
         cutoff = clock_ms() - settings.event_retention_seconds * 1000
         try:
             removed = await storage.prune_events(settings.event_retention_count, cutoff)
@@ -354,3 +356,16 @@ async def _prune_watch_parties(storage: Storage, settings: Settings, now_ms: int
         return
     if statuses or rooms:
         log.info("pruned %d expired player statuses and %d stale room snapshots", statuses, rooms)
+
+
+async def _prune_sessions(storage: Storage, settings: Settings, now_ms: int) -> None:
+    # Never less than a token lifetime: an ended session must stay on record (and revoked at
+    # every start) for as long as a token of it could be unexpired.
+    keep = max(settings.session_retention_seconds, settings.jwt_ttl_seconds) * 1000
+    try:
+        removed = await storage.prune_sessions(max(0, now_ms - keep))
+    except Exception:
+        log.exception("session pruning failed; retrying next period")
+        return
+    if removed:
+        log.info("pruned %d old sign-in sessions", removed)

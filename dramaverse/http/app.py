@@ -14,8 +14,9 @@ from werkzeug.exceptions import HTTPException
 
 from dramaverse.errors import Conflict, DramaverseError
 from dramaverse.http.health import HealthCheck
+from dramaverse.http.openapi import document_bytes
 from dramaverse.http.responses import error_response, json_response, raw_json_response
-from dramaverse.http.routes import accounts, catalog, library, player
+from dramaverse.http.routes import accounts, admin, catalog, library, player, sessions
 from dramaverse.http.security import SECURITY_HEADERS, CorsPolicy
 from dramaverse.http.state import AppState
 from dramaverse.realtime import socketio
@@ -26,7 +27,7 @@ HEALTH_OK = b'{"status":"ok"}'
 
 
 def create_app(state: AppState) -> QuartTrio:
-    app = QuartTrio(__name__)
+    app = QuartTrio(__name__, static_folder=None)  # no static files: every route is ours
     app.extensions["dramaverse"] = state
     app.config["MAX_CONTENT_LENGTH"] = state.settings.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
@@ -78,10 +79,18 @@ def create_app(state: AppState) -> QuartTrio:
         status, body = answer
         return json_response(body, status)
 
+    openapi_body = document_bytes(state.settings)
+
+    @app.get("/api/openapi.json")
+    async def openapi() -> Response:
+        return raw_json_response(openapi_body)  # built once (http/openapi.py)
+
     app.register_blueprint(catalog.blueprint)
     app.register_blueprint(accounts.blueprint)
     app.register_blueprint(library.blueprint)
     app.register_blueprint(player.blueprint)
+    app.register_blueprint(sessions.blueprint)
+    app.register_blueprint(admin.blueprint)
     socketio.install(app, state)  # its sessions' nursery: runtime starts engine_server(app).run
 
     @app.errorhandler(DramaverseError)

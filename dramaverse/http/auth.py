@@ -9,16 +9,18 @@ accounts created by the original server, so their users keep logging in.
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import bcrypt
 import jwt
 import trio
 
 from dramaverse.domain.numbers import MAX_SAFE_INTEGER, number_in, safe_integer
+from dramaverse.domain.sessions import is_session_id
 from dramaverse.errors import BadRequest, Unauthorized
 
 USERNAME_RE = re.compile(r"[a-zA-Z0-9_.-]{3,20}")
@@ -69,19 +71,41 @@ def parse_login(body: object) -> tuple[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class AuthUser:
-    """The identity a valid token carries."""
+    """The identity a valid token carries.
+
+    ``session_id`` is the sign-in session the token was issued for (its ``sid`` claim); None
+    for a token issued before sessions existed, which only the user's cut-off can revoke.
+    ``issued_at`` is the token's ``iat`` in whole seconds (0 when it has none).
+    """
 
     id: int
     username: str
     expires_at: float
+    session_id: str | None = None
+    issued_at: int = 0
+
+
+class TokenRefusal(Protocol):
+    """Whether a token that verified must still be refused (its session ended, its user's
+    cut-off moved past it): ``http/revocations.py``'s :class:`RevocationList`."""
+
+    def refuses(self, user: AuthUser) -> bool: ...
+
+
+class _RefuseNothing:
+    def refuses(self, user: AuthUser) -> bool:
+        return False
 
 
 class TokenService:
-    """HS256 JWTs carrying ``id`` and ``username``, like the original server's.
+    """HS256 JWTs carrying ``id`` and ``username``, like the original server's, plus ``sid``
+    (the sign-in session) and ``jti`` (a random token id) for tokens issued with a session.
 
     Verified tokens are remembered (at most ``cache_size``, oldest dropped first): a device sends
     the same token with every request, and checking the signature again costs more than the
-    rest of a library write. A remembered token is still refused once its ``exp`` has passed.
+    rest of a library write. A remembered token is still refused once its ``exp`` has passed,
+    and every verification, remembered or not, asks ``revocations`` (two dictionary lookups)
+    whether the token's session has ended or its user's cut-off has moved past it.
     """
 
     ALGORITHM = "HS256"
@@ -93,34 +117,53 @@ class TokenService:
         *,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
+        revocations: TokenRefusal | None = None,
     ) -> None:
         self._secret = secret
         self.ttl_seconds = ttl_seconds
         self._cache: dict[str, AuthUser] = {}
         self._cache_size = cache_size
         self._clock = clock
+        self.revocations: TokenRefusal = _RefuseNothing() if revocations is None else revocations
 
-    def issue(self, user_id: int, username: str, *, now: float | None = None) -> str:
+    def now(self) -> int:
+        """The current time in whole seconds, as ``iat`` records it."""
+        return int(self._clock())
+
+    def issue(
+        self,
+        user_id: int,
+        username: str,
+        *,
+        session_id: str | None = None,
+        now: float | None = None,
+    ) -> str:
+        """A token for ``user_id``; with ``session_id`` it carries ``sid`` and ``jti`` (every
+        token the server issues since sessions exist does: one without is a legacy token)."""
         issued = int(self._clock() if now is None else now)
-        claims = {
+        claims: dict[str, Any] = {
             "id": user_id,
             "username": username,
             "iat": issued,
             "exp": issued + self.ttl_seconds,
         }
+        if session_id is not None:
+            claims["sid"] = session_id
+            claims["jti"] = secrets.token_urlsafe(12)
         return jwt.encode(claims, self._secret, algorithm=self.ALGORITHM)
 
     def verify(self, token: str) -> AuthUser:
-        known = self._cache.get(token)
-        if known is not None:
-            if known.expires_at > self._clock():
-                return known
+        user = self._cache.get(token)
+        if user is None:
+            user = self._check(token)
+            if len(self._cache) >= self._cache_size:
+                del self._cache[next(iter(self._cache))]
+            self._cache[token] = user
+        elif user.expires_at <= self._clock():
             del self._cache[token]
             raise Unauthorized(TOKEN_INVALID)
-        user = self._check(token)
-        if len(self._cache) >= self._cache_size:
-            del self._cache[next(iter(self._cache))]
-        self._cache[token] = user
+        if self.revocations.refuses(user):
+            raise Unauthorized(TOKEN_INVALID)
         return user
 
     def _check(self, token: str) -> AuthUser:
@@ -136,18 +179,23 @@ class TokenService:
             # PyJWT's own iat/nbf checks call int() on the claim: 1e400 raises OverflowError.
             raise Unauthorized(TOKEN_INVALID) from None
         # Range checks before anything uses the claims: a user id storage can look up, an
-        # expiry that is a finite time (1e400 decodes to inf, which would never expire).
+        # expiry that is a finite time (1e400 decodes to inf, which would never expire), a
+        # session id of the shape we issue.
         user_id = safe_integer(claims.get("id"), 0)
         username = claims.get("username")
         expires = number_in(claims["exp"], 0, MAX_SAFE_INTEGER)
+        issued = number_in(claims.get("iat", 0), 0, MAX_SAFE_INTEGER)
+        session_id = claims.get("sid")
         if (
             user_id is None
             or not isinstance(username, str)
             or expires is None
             or expires <= self._clock()
+            or issued is None
+            or ("sid" in claims and not is_session_id(session_id))
         ):
             raise Unauthorized(TOKEN_INVALID)
-        return AuthUser(user_id, username, expires)
+        return AuthUser(user_id, username, expires, session_id, int(issued))
 
     def verify_header(self, header: str | None) -> AuthUser:
         """Check an ``Authorization: Bearer <token>`` header."""

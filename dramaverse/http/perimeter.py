@@ -5,7 +5,10 @@ Requests reach the server through four doors: the Quart routes (``app.py`` and
 (``ws.py``) and Engine.IO (``engineio_server.py``). Each checks, in this order:
 
 1. **Origin** against ``CORS_ALLOWED_ORIGINS`` (no Origin: a non-browser client, allowed);
-2. **the token** (``Authorization: Bearer``, or the socket's ``hello`` / subprotocol);
+2. **the token** (``Authorization: Bearer``, or the socket's ``hello`` / subprotocol): its
+   signature and expiry, then whether it was revoked (its session ended, its user's cut-off
+   moved past it: ``revocations.py``, two dictionary lookups); a session that passes is noted
+   as seen (``session_activity.py``, written in batches);
 3. **the rate limit** of the client's address (``TRUST_PROXY`` decides whether
    ``X-Forwarded-For`` is believed);
 4. **the body size** (``MAX_BODY_BYTES``).
@@ -32,6 +35,7 @@ from dramaverse.http.security import (
     client_address,
     minutes_phrase,
 )
+from dramaverse.http.session_activity import SessionActivity
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +45,7 @@ class Perimeter:
     tokens: TokenService
     auth_limiter: SharedRateLimiter | None
     user_limiter: RateLimiter | None
+    activity: SessionActivity | None = None
 
     # -- 1. Origin -------------------------------------------------------------------------------
 
@@ -59,12 +64,18 @@ class Perimeter:
     # -- 2. the token ----------------------------------------------------------------------------
 
     def user_from_header(self, authorization: str | None) -> AuthUser:
-        """The user of an ``Authorization: Bearer`` header; 401 otherwise."""
-        return self.tokens.verify_header(authorization)
+        """The user of an ``Authorization: Bearer`` header; 401 otherwise (also revoked)."""
+        user = self.tokens.verify_header(authorization)
+        if self.activity is not None:
+            self.activity.note(user)
+        return user
 
     def user_from_token(self, token: str) -> AuthUser:
         """The user of a token sent some other way (a socket's ``hello``); 401 otherwise."""
-        return self.tokens.verify(token)
+        user = self.tokens.verify(token)
+        if self.activity is not None:
+            self.activity.note(user)
+        return user
 
     # -- 3. the rate limit -----------------------------------------------------------------------
 

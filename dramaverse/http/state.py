@@ -20,8 +20,12 @@ from dramaverse.broker.base import Broker
 from dramaverse.config import Settings
 from dramaverse.http.auth import PasswordHasher, TokenService
 from dramaverse.http.cookies import CookieAuth
+from dramaverse.http.live_sockets import LiveSockets
 from dramaverse.http.perimeter import Perimeter
+from dramaverse.http.revocation_sync import Revoker
+from dramaverse.http.revocations import RevocationList
 from dramaverse.http.security import CorsPolicy, RateLimiter, SharedRateLimiter
+from dramaverse.http.session_activity import SessionActivity
 from dramaverse.realtime.engineio_server import EngineServer
 from dramaverse.storage.base import Storage
 
@@ -51,6 +55,12 @@ class AppState:
     cors: CorsPolicy
     auth_limiter: SharedRateLimiter | None
     user_limiter: RateLimiter | None
+    # Sign-in sessions (docs/auth.md): the sockets of this process by user and session, the
+    # revocation core that refuses ended sessions' tokens and closes their sockets, and the
+    # batched last-seen times. runtime.serve starts ``revoker.run`` and ``activity.run``.
+    sockets: LiveSockets
+    revoker: Revoker
+    activity: SessionActivity
     clock_ms: Callable[[], int] = field(default=wall_clock_ms)
     # Per-user limit of /api/player/status (PLAYER_STATUS_RATE), apart from user_limiter.
     player_limiter: RateLimiter | None = None
@@ -71,7 +81,12 @@ class AppState:
     def perimeter(self) -> Perimeter:
         """Origin, token, rate limit and body size, as every door checks them."""
         return Perimeter(
-            self.settings, self.cors, self.tokens, self.auth_limiter, self.user_limiter
+            self.settings,
+            self.cors,
+            self.tokens,
+            self.auth_limiter,
+            self.user_limiter,
+            self.activity,
         )
 
     @cached_property
@@ -90,6 +105,8 @@ class AppState:
         shutdown: trio.Event,
     ) -> AppState:
         assert settings.jwt_secret is not None, "resolve the secret first (Settings.with_secret)"
+        revocations = RevocationList(settings.jwt_ttl_seconds)
+        sockets = LiveSockets()
         return cls(
             settings=settings,
             storage=storage,
@@ -97,7 +114,14 @@ class AppState:
             broker=broker,
             hub=hub,
             shutdown=shutdown,
-            tokens=TokenService(settings.jwt_secret, settings.jwt_ttl_seconds),
+            tokens=TokenService(
+                settings.jwt_secret, settings.jwt_ttl_seconds, revocations=revocations
+            ),
+            sockets=sockets,
+            revoker=Revoker(
+                revocations, sockets, storage, broker, settings.revocation_refresh_seconds
+            ),
+            activity=SessionActivity(),
             passwords=PasswordHasher(settings.bcrypt_rounds),
             cors=CorsPolicy(settings.cors_allowed_origins),
             auth_limiter=SharedRateLimiter(settings.rate_limit_auth, broker, "auth")

@@ -28,6 +28,11 @@ the answer has a fresh pid and the frontend refetches ``/api/user/data``, as it 
 non-recovered connect. Should the log lose events under a live socket, the socket is made to
 reconnect (the transport closes) and goes through the same decision.
 
+Revocation: a connected socket whose token is revoked (its sign-in session ended, its user's
+cut-off moved past it: docs/auth.md) gets a server DISCONNECT, as at token expiry, from the
+revocation core (``http/live_sockets.py``); a CONNECT with a revoked token is refused with
+``Authentication error: Invalid token.``
+
 Resource handling: the connection's tasks run in the Engine.IO session's nursery. The socket
 task owns the device: it attaches it to the hub and detaches it on the way out, whatever ended
 the socket (client DISCONNECT, server disconnect, session close, token expiry).
@@ -44,6 +49,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -54,6 +60,7 @@ from dramaverse.cluster.worker_routing import sid_prefix
 from dramaverse.domain.close_codes import CloseCode
 from dramaverse.errors import DramaverseError, Unauthorized
 from dramaverse.http.auth import AuthUser
+from dramaverse.http.live_sockets import LiveSocket
 from dramaverse.http.state import AppState
 from dramaverse.realtime import engineio_server
 from dramaverse.realtime.engineio import (
@@ -155,6 +162,7 @@ class _Socket:
     def __init__(self) -> None:
         self.scope = trio.CancelScope()
         self.connected = False
+        self.revoked = False  # its token was revoked (http/revocation_sync.py)
 
 
 class SocketIOConnection:
@@ -254,10 +262,17 @@ class SocketIOConnection:
         hub = self._state.hub
         user: AuthUser | None = None
         device: Device | None = None
+        live: LiveSocket | None = None
         try:
             with socket.scope:
                 user = await self._authenticate(auth)
                 if user is None:
+                    return
+                # Known to the revocation core from here on; one that arrived while the user
+                # was looked up is caught by the check that follows.
+                live = self._state.sockets.add(user, partial(self._revoke, socket))
+                if self._state.tokens.revocations.refuses(user):
+                    self._refuse(TOKEN_INVALID)
                     return
                 resume, pid = await self._recovery(user, auth)
                 device = Device(
@@ -285,6 +300,8 @@ class SocketIOConnection:
             log.warning("socket.io connect failed: %s", exc.message)
             self._session.close("storage unavailable", CloseCode.INTERNAL_ERROR)
         finally:
+            if live is not None:
+                self._state.sockets.remove(live)
             if device is not None and user is not None:
                 hub.detach(user.id, device)
             if self._socket is socket:
@@ -296,6 +313,8 @@ class SocketIOConnection:
         recovery = self._pids.ttl > 0
 
         def render(head: int) -> str:
+            if socket.revoked:  # revoked while attaching: a refusal instead
+                return encode_connect_error(TOKEN_INVALID)
             socket.connected = True  # before the client can see it and send anything
             answer = pid if pid is not None else self._pids.issue(user.id, head)
             return encode_connect(sid, answer if recovery else None)
@@ -322,10 +341,24 @@ class SocketIOConnection:
                 if not await self._state.storage.user_exists(user.id):
                     message = TOKEN_INVALID
         if message is not None:
-            log.info("socket.io connect refused from %s: %s", self._session.address, message)
-            self._session.push(encode_connect_error(message))
+            self._refuse(message)
             return None
         return user
+
+    def _refuse(self, message: str) -> None:
+        log.info("socket.io connect refused from %s: %s", self._session.address, message)
+        self._session.push(encode_connect_error(message))
+
+    def _revoke(self, socket: _Socket) -> None:
+        """The token's session ended or its user was cut off (called by the revocation core,
+        never blocks): a connected socket gets a server disconnect, as at token expiry (the
+        client must log in again); one still attaching is refused by its ``ready``."""
+        if socket.revoked:
+            return
+        socket.revoked = True
+        if socket.connected:
+            self._session.push(encode_disconnect())
+        socket.scope.cancel()
 
     async def _recovery(
         self, user: AuthUser, auth: dict[str, Any]

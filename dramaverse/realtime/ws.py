@@ -17,8 +17,13 @@ JSON response, a subprotocol list without ``dramaverse.v1`` gets 1002. Without a
 ``hello``, the ``Authorization`` header or the subprotocol, the browser's auth cookie is used,
 only when the handshake had an (allowed) ``Origin`` (http/cookies.py); otherwise 4100.
 
+Once its token is accepted the connection is in the process's :class:`LiveSockets` registry
+(``http/live_sockets.py``): when the token is revoked (its sign-in session ended, its user's
+cut-off moved past it: docs/auth.md) the revocation core closes it with 4100.
+
 Resource handling: the handler owns the outbox's receive side and, on the way out, whatever
-ended the connection, detaches the device from the hub and disconnects it from its rooms.
+ended the connection, detaches the device from the hub, disconnects it from its rooms and
+leaves the registry.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from dramaverse.domain.close_codes import CloseCode
 from dramaverse.domain.jsjson import unstorable_text
 from dramaverse.domain.numbers import REQUEST_ID_RULE, is_request_id
 from dramaverse.errors import Conflict, DramaverseError, ServiceUnavailable, Unauthorized
-from dramaverse.http.auth import AuthUser
+from dramaverse.http.auth import TOKEN_INVALID, AuthUser
 from dramaverse.http.cookies import CookieRequest, SocketCookie
 from dramaverse.http.library_ops import OPERATIONS
 from dramaverse.http.responses import JSON_TYPE
@@ -269,7 +274,23 @@ class NativeConnection:
         user = await self._authenticate(hello)
         if user is None:
             return
-        resume = hello.get("resume")
+        # Known to the revocation core from here on (http/live_sockets.py); a revocation that
+        # arrived while the user was being looked up is caught by the check that follows.
+        sockets = self._state.sockets
+        live = sockets.add(user, self._revoked)
+        try:
+            if self._state.tokens.revocations.refuses(user):
+                self._revoked()
+                return
+            await self._serve_user(user, hello.get("resume"))
+        finally:
+            sockets.remove(live)
+
+    def _revoked(self) -> None:
+        """The token's session ended or its user was cut off: end this socket (4100)."""
+        self.close(CloseCode.AUTH_FAILED, TOKEN_INVALID)
+
+    async def _serve_user(self, user: AuthUser, resume: int | None) -> None:
         send, receive = trio.open_memory_channel[str](self._settings.ws_outbox_size)
         self._outbox, self._queued = send, receive
         device = Device(send, self.close)

@@ -9,6 +9,14 @@ from typing import Any, Protocol
 
 from dramaverse.domain.events import EventRange, UserEvent
 from dramaverse.domain.library import SaveEpisodeReview, SetFavorite, SetStatus
+from dramaverse.storage.accounts import (
+    AccountStats,
+    RevocationSnapshot,
+    SessionRecord,
+    SessionStart,
+    UserExport,
+    UserPage,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +24,10 @@ class UserRecord:
     id: int
     username: str
     password_hash: str
+    is_admin: bool = False
+    is_banned: bool = False
+    created_at: int | None = None  # ms; None for accounts older than the column
+    tokens_valid_after: int = 0  # ms: tokens issued before it are refused (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +93,115 @@ class Storage(Protocol):
 
     async def applied_migrations(self) -> list[str]: ...
 
-    async def create_user(self, username: str, password_hash: str) -> int: ...
+    # -- accounts (docs/auth.md; arguments are checked as storage/accounts.py says: a value
+    # out of range is a ValueError, never stored) -------------------------------------------
+
+    async def create_user(
+        self,
+        username: str,
+        password_hash: str,
+        *,
+        now_ms: int | None = None,
+        session: SessionStart | None = None,
+    ) -> int:
+        """Store a new user registered at ``now_ms`` (default: now) and, in the same
+        transaction, its first ``session``. Raises UsernameTaken."""
+        ...
 
     async def get_user_by_username(self, username: str) -> UserRecord | None: ...
+
+    async def get_user(self, user_id: int) -> UserRecord | None:
+        """The user with its roles and token cut-off; None when there is none."""
+        ...
+
+    async def set_admin(self, user_id: int, is_admin: bool) -> None:
+        """Raises NotFound for an unknown user, LastAdmin when demoting the last admin (an
+        admin who is not banned)."""
+        ...
+
+    async def set_banned(self, user_id: int, is_banned: bool, now_ms: int) -> list[str]:
+        """Ban (moving the user's cut-off to ``now_ms`` and ending every session: their ids are
+        returned) or unban (nothing else changes). NotFound, LastAdmin as for set_admin."""
+        ...
+
+    async def count_admins(self) -> int:
+        """Admins who are not banned."""
+        ...
+
+    async def set_password_hash(
+        self, user_id: int, password_hash: str, now_ms: int, *, keep_session: str | None = None
+    ) -> list[str]:
+        """Store a new hash, move the cut-off to ``now_ms`` and end every session but
+        ``keep_session``; return the ended ids. The kept session's token predates the cut-off:
+        issue it a new one (and ``renew_session``). Raises NotFound for an unknown user."""
+        ...
+
+    async def delete_user(self, user_id: int) -> bool:
+        """Remove the user and everything stored about them: library, events, sessions,
+        player statuses (watch-party rooms hold members in their snapshots, not as rows).
+        False when there was no such user; LastAdmin for the last admin."""
+        ...
+
+    async def list_users(self, search: str, page: int, limit: int) -> UserPage:
+        """Users whose name contains ``search`` (case-insensitive), by id, one page of
+        ``limit`` (at most 100), with roles, last seen and library sizes."""
+        ...
+
+    async def account_stats(self, now_ms: int, days: int) -> AccountStats:
+        """Registrations per UTC day over the last ``days`` days (1-366, today included),
+        the number of users and of active sessions at ``now_ms``."""
+        ...
+
+    async def export_user(self, user_id: int) -> UserExport | None:
+        """Everything stored about the user (no password hash), in one snapshot."""
+        ...
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def create_session(self, user_id: int, start: SessionStart) -> None:
+        """Raises Unauthorized when the user does not exist."""
+        ...
+
+    async def renew_session(self, user_id: int, session_id: str, expires_at: int) -> bool:
+        """Move a live session's expiry (a new token was issued for it); False if none."""
+        ...
+
+    async def list_sessions(
+        self, user_id: int, now_ms: int, *, include_ended: bool = False
+    ) -> list[SessionRecord]:
+        """The user's live sessions (not ended, not expired at ``now_ms``), or all of them,
+        newest first. Raises Unauthorized when the user does not exist."""
+        ...
+
+    async def end_session(self, user_id: int, session_id: str, now_ms: int) -> bool:
+        """End ``session_id`` if it is one of ``user_id``'s live sessions; False otherwise
+        (someone else's, unknown, already ended or expired: the caller cannot tell which)."""
+        ...
+
+    async def end_other_sessions(self, user_id: int, keep_session: str, now_ms: int) -> list[str]:
+        """End every session of the user but ``keep_session``; return the ended ids."""
+        ...
+
+    async def end_all_sessions(
+        self, user_id: int, now_ms: int, *, cut_off: bool = False
+    ) -> list[str]:
+        """End every session of the user; with ``cut_off`` also move the cut-off to ``now_ms``
+        (signs out tokens that carry no session id). Returns the ended ids."""
+        ...
+
+    async def touch_sessions(self, seen: Mapping[str, int]) -> int:
+        """Session id -> last-seen time, at most 10,000 per call (the batched touches of
+        ``http/session_activity.py``); a time never moves back, ended sessions are left."""
+        ...
+
+    async def load_revocations(self, since_ms: int) -> RevocationSnapshot:
+        """Sessions ended and user cut-offs set at or after ``since_ms`` (now minus the token
+        lifetime: older ones only refuse tokens that have expired anyway)."""
+        ...
+
+    async def prune_sessions(self, older_than_ms: int) -> int:
+        """Drop sessions that expired or ended before the cut-off; return how many."""
+        ...
 
     async def load_catalog_rows(self) -> list[CatalogRow]:
         """All dramas in catalog order, unparsed (parse lazily: a parsed catalog is big)."""

@@ -36,9 +36,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Literal, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -62,17 +62,15 @@ from dramaverse.errors import (
     NotFound,
     StorageUnavailable,
     Unauthorized,
-    UsernameTaken,
 )
-from dramaverse.storage.base import CatalogRow, ImportResult, Library, UserRecord, WriteResult
+from dramaverse.storage.base import CatalogRow, ImportResult, Library, WriteResult
 from dramaverse.storage.migrations import bundled
+from dramaverse.storage.postgres_accounts import PostgresAccounts
+from dramaverse.storage.postgres_sessions import Connection, Job, PostgresSessions, Transaction
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ProgressFn = Callable[[int, int], None]
-Connection = Any  # asyncpg ships no type information
-Job = Callable[[Connection], Awaitable[T]]
-Transaction = Literal["write", "snapshot", "none"]
 
 # Migrations of one schema from several processes at once take turns on this advisory lock.
 _MIGRATION_LOCK = "dramaverse.migrate:"
@@ -110,8 +108,11 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-class PostgresStorage:
-    """Storage on a PostgreSQL database. Create with :func:`open_postgres`."""
+class PostgresStorage(PostgresAccounts, PostgresSessions):
+    """Storage on a PostgreSQL database. Create with :func:`open_postgres`.
+
+    The account and session methods are in ``postgres_accounts.py`` and
+    ``postgres_sessions.py``."""
 
     def __init__(
         self,
@@ -269,29 +270,6 @@ class PostgresStorage:
 
     # -- users ------------------------------------------------------------------------------
 
-    async def create_user(self, username: str, password_hash: str) -> int:
-        async def job(conn: Connection) -> int:
-            try:
-                user_id = await conn.fetchval(
-                    "INSERT INTO users (username, password) VALUES ($1, $2) RETURNING id",
-                    username,
-                    password_hash,
-                )
-            except pg_errors.UniqueViolationError:
-                raise UsernameTaken("Username already exists") from None
-            return int(user_id)
-
-        return await self._run(job, "none")
-
-    async def get_user_by_username(self, username: str) -> UserRecord | None:
-        async def job(conn: Connection) -> UserRecord | None:
-            row = await conn.fetchrow(
-                "SELECT id, username, password FROM users WHERE username = $1", username
-            )
-            return None if row is None else UserRecord(row[0], row[1], row[2])
-
-        return await self._run(job, "none")
-
     async def user_exists(self, user_id: int) -> bool:
         async def job(conn: Connection) -> bool:
             return await conn.fetchval("SELECT 1 FROM users WHERE id = $1", user_id) is not None
@@ -366,36 +344,37 @@ class PostgresStorage:
     # -- library ----------------------------------------------------------------------------
 
     async def get_library(self, user_id: int) -> Library | None:
-        async def job(conn: Connection) -> Library | None:
-            if await conn.fetchval("SELECT 1 FROM users WHERE id = $1", user_id) is None:
-                return None
-            library = Library()
-            # COLLATE "C" is byte order, which is SQLite's order for the same strings.
-            favorites = await conn.fetch(
-                "SELECT drama_url FROM user_favorites WHERE user_id = $1 "
-                'ORDER BY drama_url COLLATE "C"',
-                user_id,
-            )
-            library.favorites = [row[0] for row in favorites]
-            for url, status, episode in await conn.fetch(
-                "SELECT drama_url, status, current_episode FROM user_statuses "
-                'WHERE user_id = $1 ORDER BY drama_url COLLATE "C"',
-                user_id,
-            ):
-                library.statuses[url] = {"status": status, "currentEpisode": episode}
-            for url, number, text, updated_at in await conn.fetch(
-                "SELECT drama_url, episode_number, review_text, updated_at "
-                "FROM user_episode_reviews WHERE user_id = $1 "
-                'ORDER BY drama_url COLLATE "C", episode_number',
-                user_id,
-            ):
-                library.episode_reviews.setdefault(url, {})[str(number)] = {
-                    "text": text,
-                    "updatedAt": updated_at,
-                }
-            return library
+        return await self._run(lambda conn: self._library_in(conn, user_id), "snapshot")
 
-        return await self._run(job, "snapshot")
+    @staticmethod
+    async def _library_in(conn: Connection, user_id: int) -> Library | None:
+        if await conn.fetchval("SELECT 1 FROM users WHERE id = $1", user_id) is None:
+            return None
+        library = Library()
+        # COLLATE "C" is byte order, which is SQLite's order for the same strings.
+        favorites = await conn.fetch(
+            "SELECT drama_url FROM user_favorites WHERE user_id = $1 "
+            'ORDER BY drama_url COLLATE "C"',
+            user_id,
+        )
+        library.favorites = [row[0] for row in favorites]
+        for url, status, episode in await conn.fetch(
+            "SELECT drama_url, status, current_episode FROM user_statuses "
+            'WHERE user_id = $1 ORDER BY drama_url COLLATE "C"',
+            user_id,
+        ):
+            library.statuses[url] = {"status": status, "currentEpisode": episode}
+        for url, number, text, updated_at in await conn.fetch(
+            "SELECT drama_url, episode_number, review_text, updated_at "
+            "FROM user_episode_reviews WHERE user_id = $1 "
+            'ORDER BY drama_url COLLATE "C", episode_number',
+            user_id,
+        ):
+            library.episode_reviews.setdefault(url, {})[str(number)] = {
+                "text": text,
+                "updatedAt": updated_at,
+            }
+        return library
 
     # Library writes are single statements calling the functions of migration 0005: one round
     # trip each, in its own implicit transaction (see that migration for the why).

@@ -32,9 +32,11 @@ from dramaverse.domain.library import (
     review_event,
     status_event,
 )
-from dramaverse.errors import Conflict, NotFound, StorageUnavailable, Unauthorized, UsernameTaken
-from dramaverse.storage.base import CatalogRow, ImportResult, Library, UserRecord, WriteResult
+from dramaverse.errors import Conflict, NotFound, StorageUnavailable, Unauthorized
+from dramaverse.storage.base import CatalogRow, ImportResult, Library, WriteResult
 from dramaverse.storage.migrations import bundled
+from dramaverse.storage.sqlite_accounts import SqliteAccounts
+from dramaverse.storage.sqlite_sessions import SqliteSessions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,8 +74,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-class SqliteStorage:
-    """Storage on one SQLite file. Create with :func:`open_sqlite`."""
+class SqliteStorage(SqliteAccounts, SqliteSessions):
+    """Storage on one SQLite file. Create with :func:`open_sqlite`.
+
+    The account and session methods are in ``sqlite_accounts.py`` and ``sqlite_sessions.py``."""
 
     def __init__(self, path: Path, readers: int = 2) -> None:
         self.path = path
@@ -267,31 +271,6 @@ class SqliteStorage:
 
         return await self._read(run)
 
-    # -- users ------------------------------------------------------------------------------
-
-    async def create_user(self, username: str, password_hash: str) -> int:
-        def run(conn: sqlite3.Connection) -> int:
-            try:
-                cur = conn.execute(
-                    "INSERT INTO users (username, password) VALUES (?, ?)",
-                    (username, password_hash),
-                )
-            except sqlite3.IntegrityError:
-                raise UsernameTaken("Username already exists") from None
-            assert cur.lastrowid is not None
-            return cur.lastrowid
-
-        return await self._write(run)
-
-    async def get_user_by_username(self, username: str) -> UserRecord | None:
-        def run(conn: sqlite3.Connection) -> UserRecord | None:
-            row = conn.execute(
-                "SELECT id, username, password FROM users WHERE username = ?", (username,)
-            ).fetchone()
-            return None if row is None else UserRecord(row[0], row[1], row[2])
-
-        return await self._read(run)
-
     # -- catalog ----------------------------------------------------------------------------
 
     async def load_catalog_rows(self) -> list[CatalogRow]:
@@ -352,35 +331,36 @@ class SqliteStorage:
     # -- library ----------------------------------------------------------------------------
 
     async def get_library(self, user_id: int) -> Library | None:
-        def run(conn: sqlite3.Connection) -> Library | None:
-            if conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
-                return None
-            library = Library()
-            library.favorites = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT drama_url FROM user_favorites WHERE user_id = ? ORDER BY drama_url",
-                    (user_id,),
-                )
-            ]
-            for url, status, episode in conn.execute(
-                "SELECT drama_url, status, currentEpisode FROM user_statuses "
-                "WHERE user_id = ? ORDER BY drama_url",
-                (user_id,),
-            ):
-                library.statuses[url] = {"status": status, "currentEpisode": episode}
-            for url, number, text, updated_at in conn.execute(
-                "SELECT drama_url, episode_number, review_text, updated_at "
-                "FROM user_episode_reviews WHERE user_id = ? ORDER BY drama_url, episode_number",
-                (user_id,),
-            ):
-                library.episode_reviews.setdefault(url, {})[str(number)] = {
-                    "text": text,
-                    "updatedAt": updated_at,
-                }
-            return library
+        return await self._read(lambda conn: self._library_in(conn, user_id))
 
-        return await self._read(run)
+    @staticmethod
+    def _library_in(conn: sqlite3.Connection, user_id: int) -> Library | None:
+        if conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
+            return None
+        library = Library()
+        library.favorites = [
+            row[0]
+            for row in conn.execute(
+                "SELECT drama_url FROM user_favorites WHERE user_id = ? ORDER BY drama_url",
+                (user_id,),
+            )
+        ]
+        for url, status, episode in conn.execute(
+            "SELECT drama_url, status, currentEpisode FROM user_statuses "
+            "WHERE user_id = ? ORDER BY drama_url",
+            (user_id,),
+        ):
+            library.statuses[url] = {"status": status, "currentEpisode": episode}
+        for url, number, text, updated_at in conn.execute(
+            "SELECT drama_url, episode_number, review_text, updated_at "
+            "FROM user_episode_reviews WHERE user_id = ? ORDER BY drama_url, episode_number",
+            (user_id,),
+        ):
+            library.episode_reviews.setdefault(url, {})[str(number)] = {
+                "text": text,
+                "updatedAt": updated_at,
+            }
+        return library
 
     async def set_favorite(self, user_id: int, change: SetFavorite) -> WriteResult:
         def run(conn: sqlite3.Connection) -> WriteResult:

@@ -1,4 +1,4 @@
-"""Per-route guards: authentication and rate limits, in the original server's order."""
+"""Per-route guards: authentication, roles and rate limits, in the original server's order."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from typing import Any, ParamSpec, TypeVar
 
 from quart import g, request
 
-from dramaverse.http.auth import AuthUser
+from dramaverse.errors import Forbidden, Unauthorized
+from dramaverse.http.auth import TOKEN_INVALID, AuthUser
 from dramaverse.http.cookies import CookieRequest
 from dramaverse.http.security import RateDecision
 from dramaverse.http.state import app_state
+
+ADMIN_REQUIRED = "Admin access required"
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -66,6 +69,33 @@ def authenticated(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Await
         user: AuthUser = request_user()
         if perimeter.user_limiter is not None:
             _enforce(perimeter.spend_user_limit(_address()), perimeter.user_limit_message())
+        return await handler(user, *args, **kwargs)
+
+    return guarded
+
+
+def admin_required(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """``/api/admin/*``: a valid token (401; 403 for a cookie failing CSRF), the per-address
+    limit of ``/api/user`` (429), then the role as storage holds it now (403).
+
+    The role is read on every request, not taken from the token: a demotion or a ban counts
+    from the next request on, on every process (admin requests are few; one indexed read each).
+    The same read applies the user's cut-off as stored, so a token a ban refuses is refused
+    here even before this process has heard of the ban.
+    """
+
+    @wraps(handler)
+    async def guarded(*args: Any, **kwargs: Any) -> Any:
+        state = app_state()
+        perimeter = state.perimeter
+        user: AuthUser = request_user()
+        if perimeter.user_limiter is not None:
+            _enforce(perimeter.spend_user_limit(_address()), perimeter.user_limit_message())
+        stored = await state.storage.get_user(user.id)
+        if stored is None or stored.is_banned or user.issued_at * 1000 < stored.tokens_valid_after:
+            raise Unauthorized(TOKEN_INVALID)
+        if not stored.is_admin:
+            raise Forbidden(ADMIN_REQUIRED)
         return await handler(user, *args, **kwargs)
 
     return guarded
