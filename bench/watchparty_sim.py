@@ -65,7 +65,7 @@ Measured (one JSON document on stdout, also ``--json-out``):
 
 Server mode (``--server``): the same clients and script against a real ``python -m dramaverse
 serve`` on loopback (a temporary data directory, SQLite, ``bench.wsclient.BenchServer``): every
-member is a registered user with its own native WebSocket (``/api/ws``, the lean wsproto client),
+member is a registered user with its own native WebSocket (``/api/ws``, the lean bench client),
 the host creates its room with ``room.create`` and the others ``room.join`` it, and the injected
 delays and jitter are added on the client side, on top of loopback. The true position comes from
 the room's own ``room.state`` frames as the host's socket receives them (before the injected

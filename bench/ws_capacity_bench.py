@@ -18,9 +18,9 @@ server's timestamp, the server's CPU time during the hold, and the client's own 
 not every connection can be opened, the run holds what it has and reports the number reached
 and the errors (it stops trying after 200 consecutive failures).
 
-The client is one Trio task per connection (``bench.wsclient``: wsproto over raw sockets, no
-reader tasks). The soft RLIMIT_NOFILE is raised to the hard limit before the server starts, so
-the server inherits it too.
+The client is one Trio task per connection (``bench.wsconn``: websockets' sans-I/O client on
+raw sockets, no reader tasks). The soft RLIMIT_NOFILE is raised to the hard limit before the
+server starts, so the server inherits it too.
 
 One JSON document goes to stdout (and ``--json-out``), progress to stderr. Exit status: 0 every
 connection opened and none dropped, 2 some could not be opened or were dropped, 1 a run failed

@@ -1,22 +1,10 @@
-"""Shared helpers for the WebSocket benchmarks: a lean native-protocol client and server control.
+"""Shared helpers for the WebSocket benchmarks: the native-protocol client and server control.
 
-The client drives ``wsproto`` directly over ``trio.open_tcp_stream``: one object and no
-background task per connection (the caller's own task does the handshake, the ``hello`` and the
-receive loop), so one Python process can hold ten thousand connections. ``trio-websocket`` is not
-used because it cannot offer extensions (no permessage-deflate) and runs a reader task per
-connection.
+The WebSocket connection itself is :mod:`bench.wsconn` (websockets' sans-I/O client on a raw
+trio stream, no background task per connection); this module adds the native protocol on top:
 
     conn, ready = await open_session("127.0.0.1", port, token, deflate=True)
     code, reason = await run_frames(conn, on_frame)      # answers pings until the socket closes
-
-With ``deflate=True`` the upgrade request offers ``permessage-deflate; client_max_window_bits``
-(what browsers send). Frames from the server are inflated with a per-connection context, as a
-browser does; frames to the server are compressed with a fresh, small context each time (RFC 7692
-lets a sender never reuse its context without announcing it), so the client does not keep a
-256 KB deflate state per connection while the server still has to inflate what it receives.
-
-Arrival times are ``time.perf_counter()`` (CLOCK_MONOTONIC on Linux) taken when the chunk that
-completed a frame was read from the socket.
 
 The server helpers start a real ``python -m dramaverse serve`` the way ``bench.catalog_bench``
 does (temporary data directory, bundled sample catalog, development mode, rate limits off,
@@ -36,30 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import zlib
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
-from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Event,
-    Ping,
-    RejectConnection,
-    RejectData,
-    Request,
-    TextMessage,
-)
-from wsproto.extensions import PerMessageDeflate
-from wsproto.frame_protocol import Opcode, RsvBits
-from wsproto.utilities import LocalProtocolError
 
 from bench.catalog_bench import (
     HOST,
@@ -73,6 +43,14 @@ from bench.catalog_bench import (
 )
 from bench.loadgen import HTTPResponse, ProtocolError, _Conn
 from bench.services import serve_arguments, server_backends, wait_all_workers
+from bench.wsconn import (
+    BrowserDeflate,
+    WSClosed,
+    WSConn,
+    WSError,
+    WSHandshakeRejected,
+    open_websocket,
+)
 
 __all__ = [
     "HOST",
@@ -120,194 +98,6 @@ STOP_SIGNALS = ((signal.SIGINT, 15.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5
 # --------------------------------------------------------------------------------------------
 
 
-class WSError(Exception):
-    """The WebSocket connection could not be opened or used."""
-
-
-class WSClosed(WSError):
-    """The connection is closed (``code`` 1006: closed without a close frame)."""
-
-    def __init__(self, code: int, reason: str | None = None) -> None:
-        super().__init__(f"closed with {code}" + (f" ({reason})" if reason else ""))
-        self.code = code
-        self.reason = reason or ""
-
-
-class WSHandshakeRejected(WSError):
-    """The server answered the upgrade request with an HTTP status instead of 101."""
-
-    def __init__(self, status: int, body: bytes) -> None:
-        super().__init__(f"upgrade refused with HTTP {status}: {body[:200]!r}")
-        self.status = status
-        self.body = body
-
-
-class SessionRefused(WSError):
-    """The server answered ``hello`` with something other than ``ready``."""
-
-    def __init__(self, frame: dict[str, Any]) -> None:
-        super().__init__(f"hello answered with {json.dumps(frame)[:300]}")
-        self.frame = frame
-
-
-class BrowserDeflate(PerMessageDeflate):
-    """permessage-deflate as a browser offers it, compressing outbound frames statelessly.
-
-    The offer is ``permessage-deflate; client_max_window_bits`` (wsproto's own offer would pin
-    both window sizes). Inbound frames use wsproto's per-connection inflater. Each outbound
-    message is compressed with a new 512-byte-window compressor that is dropped right after:
-    valid for any negotiated window, and it keeps 10,000 client connections from holding
-    10,000 deflate states (about 256 KB each at the default window and memory level).
-    """
-
-    def offer(self) -> str:
-        return "client_max_window_bits"
-
-    def frame_outbound(
-        self,
-        proto: Any,
-        opcode: Opcode,
-        rsv: RsvBits,
-        data: bytes,
-        fin: bool,
-    ) -> tuple[RsvBits, bytes]:
-        if not self._compressible_opcode(opcode):
-            return (rsv, data)
-        if opcode is Opcode.CONTINUATION or not fin:
-            raise WSError("BrowserDeflate only sends single-frame messages")
-        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -9, 1)
-        out = compressor.compress(bytes(data)) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        return (RsvBits(True, rsv[1], rsv[2]), out[:-4])
-
-
-class WSConn:
-    """One client WebSocket connection; used by a single task (no locking)."""
-
-    __slots__ = (
-        "_events",
-        "_parts",
-        "_recv_size",
-        "_stream",
-        "_ws",
-        "extension",
-        "last_recv",
-        "subprotocol",
-    )
-
-    def __init__(
-        self,
-        stream: trio.SocketStream,
-        ws: WSConnection,
-        accept: AcceptConnection,
-        pending: deque[Event],
-        recv_size: int,
-        last_recv: float,
-    ) -> None:
-        self._stream = stream
-        self._ws = ws
-        self._events = pending
-        self._parts: list[Any] = []
-        self._recv_size = recv_size
-        self.subprotocol = accept.subprotocol
-        self.extension: PerMessageDeflate | None = next(
-            (e for e in accept.extensions or () if isinstance(e, PerMessageDeflate)), None
-        )
-        self.last_recv = last_recv
-
-    @property
-    def deflate(self) -> bool:
-        """permessage-deflate was negotiated."""
-        return self.extension is not None
-
-    @property
-    def deflate_params(self) -> str | None:
-        """The negotiated permessage-deflate parameters, or None."""
-        ext = self.extension
-        if ext is None:
-            return None
-        params = [
-            f"client_max_window_bits={ext.client_max_window_bits}",
-            f"server_max_window_bits={ext.server_max_window_bits}",
-        ]
-        if ext.client_no_context_takeover:
-            params.append("client_no_context_takeover")
-        if ext.server_no_context_takeover:
-            params.append("server_no_context_takeover")
-        return "; ".join(params)
-
-    async def send_text(self, text: str) -> None:
-        try:
-            await self._stream.send_all(self._ws.send(TextMessage(data=text)))
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise WSClosed(1006, f"send failed: {type(exc).__name__}") from None
-        except LocalProtocolError:  # the server's close frame arrived first
-            raise WSClosed(1006, "send after the connection closed") from None
-
-    async def send_json(self, obj: Any) -> None:
-        await self.send_text(json.dumps(obj, separators=(",", ":")))
-
-    async def receive(self) -> str | bytes | bytearray:
-        """The next complete message; answers WebSocket pings; raises WSClosed at the end."""
-        events = self._events
-        while True:
-            while events:
-                ev = events.popleft()
-                if isinstance(ev, TextMessage | BytesMessage):
-                    if ev.message_finished and not self._parts:
-                        return ev.data
-                    self._parts.append(ev.data)
-                    if ev.message_finished:
-                        parts, self._parts = self._parts, []
-                        return ("" if isinstance(ev, TextMessage) else b"").join(parts)
-                elif isinstance(ev, Ping):
-                    with contextlib.suppress(OSError, trio.BrokenResourceError):
-                        await self._stream.send_all(self._ws.send(ev.response()))
-                elif isinstance(ev, CloseConnection):
-                    if self._ws.state is ConnectionState.REMOTE_CLOSING:
-                        with contextlib.suppress(OSError, trio.BrokenResourceError):
-                            await self._stream.send_all(self._ws.send(ev.response()))
-                    await self._abort()
-                    raise WSClosed(ev.code, ev.reason)
-            try:
-                data = await self._stream.receive_some(self._recv_size)
-            except (OSError, trio.BrokenResourceError) as exc:
-                await self._abort()
-                raise WSClosed(1006, f"receive failed: {type(exc).__name__}: {exc}") from None
-            except trio.ClosedResourceError:
-                raise WSClosed(1006, "closed locally") from None
-            if not data:
-                await self._abort()
-                raise WSClosed(1006, "connection closed without a close frame")
-            self.last_recv = time.perf_counter()
-            self._ws.receive_data(data)
-            events.extend(self._ws.events())
-
-    async def receive_json(self) -> dict[str, Any]:
-        msg = await self.receive()
-        frame = json.loads(msg)
-        if not isinstance(frame, dict):
-            raise WSError(f"frame is not a JSON object: {msg[:200]!r}")
-        return frame
-
-    async def aclose(self, code: int = 1000) -> None:
-        """Send a close frame (best effort, no waiting for the answer) and close the socket."""
-        try:
-            if self._ws.state is ConnectionState.OPEN:
-                with (
-                    contextlib.suppress(
-                        OSError, trio.BrokenResourceError, trio.ClosedResourceError
-                    ),
-                    trio.move_on_after(1),
-                ):
-                    await self._stream.send_all(self._ws.send(CloseConnection(code=code)))
-        finally:
-            await self._abort()
-
-    async def _abort(self) -> None:
-        with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(self._stream)
-
-
 async def ws_connect(
     host: str,
     port: int,
@@ -319,46 +109,23 @@ async def ws_connect(
     recv_size: int = 4096,
 ) -> WSConn:
     """Open a TCP connection and perform the WebSocket upgrade (no timeout: use a cancel scope)."""
-    stream = await trio.open_tcp_stream(host, port)
-    try:
-        ws = WSConnection(ConnectionType.CLIENT)
-        request = Request(
-            host=f"{host}:{port}",
-            target=path,
-            subprotocols=list(subprotocols),
-            extensions=[BrowserDeflate()] if deflate else [],
-            extra_headers=list(headers),
-        )
-        await stream.send_all(ws.send(request))
-        pending: deque[Event] = deque()
-        accept: AcceptConnection | None = None
-        reject_status = 0
-        body = bytearray()
-        while True:
-            data = await stream.receive_some(recv_size)
-            if not data:
-                raise WSError("connection closed during the upgrade")
-            now = time.perf_counter()
-            ws.receive_data(data)
-            for ev in ws.events():
-                if accept is not None:
-                    pending.append(ev)
-                elif isinstance(ev, AcceptConnection):
-                    accept = ev
-                elif isinstance(ev, RejectConnection):
-                    reject_status = ev.status_code
-                    if not ev.has_body:
-                        raise WSHandshakeRejected(reject_status, b"")
-                elif isinstance(ev, RejectData):
-                    body += ev.data
-                    if ev.body_finished:
-                        raise WSHandshakeRejected(reject_status, bytes(body))
-            if accept is not None:
-                return WSConn(stream, ws, accept, pending, recv_size, now)
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(stream)
-        raise
+    return await open_websocket(
+        host,
+        port,
+        path,
+        subprotocols=subprotocols,
+        headers=headers,
+        deflate=deflate,
+        recv_size=recv_size,
+    )
+
+
+class SessionRefused(WSError):
+    """The server answered ``hello`` with something other than ``ready``."""
+
+    def __init__(self, frame: dict[str, Any]) -> None:
+        super().__init__(f"hello answered with {json.dumps(frame)[:300]}")
+        self.frame = frame
 
 
 async def open_session(

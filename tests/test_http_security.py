@@ -35,6 +35,7 @@ async def test_allowed_origin_gets_a_grant(server: Server) -> None:
     response = await server.client.get("/api/health", headers={"Origin": "http://localhost:5173"})
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == "http://localhost:5173"
+    assert response.headers["access-control-allow-credentials"] == "true"
     assert "Origin" in response.headers["vary"]
 
 
@@ -64,8 +65,11 @@ async def test_preflight(server: Server) -> None:
     )
     assert response.status_code == 204
     assert response.headers["access-control-allow-origin"] == "http://127.0.0.1:5173"
-    assert response.headers["access-control-allow-methods"] == "GET,POST,OPTIONS"
-    assert response.headers["access-control-allow-headers"] == "Content-Type,Authorization"
+    assert response.headers["access-control-allow-credentials"] == "true"
+    assert response.headers["access-control-allow-methods"] == "GET,POST,PUT,PATCH,DELETE,OPTIONS"
+    assert response.headers["access-control-allow-headers"] == (
+        "Content-Type,Authorization,X-CSRF-Token"
+    )
 
 
 async def test_configured_origins_replace_the_defaults(tmp_path: Path) -> None:

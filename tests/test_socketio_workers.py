@@ -469,6 +469,16 @@ async def test_an_unreachable_owner_means_session_id_unknown(relay: Relay) -> No
     assert "access-control-allow-origin" not in no_origin.response()[1]
 
 
+async def test_an_upgrade_the_local_hop_cannot_carry_is_refused_as_session_id_unknown(
+    relay: Relay,
+) -> None:
+    query = "EIO=4&transport=websocket&sid=w1.abc"
+    upgrade = scope_for("websocket", query, ("origin", ALLOWED), ("cookie", "a=\x01"))
+    call = await relay.call(upgrade, {"type": "websocket.connect"})
+    assert_unknown_sid(call)
+    assert relay.owner.scopes == []  # never reached the owner
+
+
 async def test_a_client_that_leaves_ends_its_relayed_poll(relay: Relay) -> None:
     call = Call(scope_for("http", polling("w1.abc", "&do=hold")))
     call.put(REQUEST)

@@ -32,7 +32,7 @@ worker is passed to that worker's private Unix socket:
   WebSocket opened to the owner with the same target and headers (``ws_relay.py``), until
   either side closes; the owner's close code and reason reach the client, and so does its
   refusal of the upgrade (status, headers, body). One that vanishes closes the client's with
-  1001.
+  1001, one that breaks the WebSocket protocol with 1011 (both: reconnect).
 
 When the owner cannot be reached (its socket is missing or refuses, it hangs up, it times out),
 the client gets Engine.IO's ``400 {"code":1,"message":"Session ID unknown"}``, never a 500, for
@@ -74,7 +74,7 @@ from hypercorn.typing import (
     WebsocketScope,
 )
 
-from dramaverse.cluster.ws_relay import OwnerLost, Rejected, Upstream, pump
+from dramaverse.cluster.ws_relay import OwnerLost, Rejected, Unrelayable, Upstream, pump
 from dramaverse.config import MAX_WORKERS, Settings
 from dramaverse.domain.close_codes import CloseCode
 from dramaverse.http.security import SECURITY_HEADERS, CorsPolicy
@@ -401,7 +401,7 @@ class WorkerRouter:
             headers = _response_headers(rejected.headers, rejected.body)
             await _deny(send, rejected.status, headers, rejected.body)
             return
-        except (OSError, OwnerLost, trio.TooSlowError) as exc:
+        except (OSError, OwnerLost, Unrelayable, trio.TooSlowError) as exc:
             log.info("relaying a Socket.IO WebSocket to worker %d failed: %r", owner, exc)
             await self._refuse_upgrade(send, UNKNOWN_SID, origin)
             return

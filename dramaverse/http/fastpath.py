@@ -5,7 +5,8 @@ hot path of live sync: every change a user makes on any device goes through one 
 the fan-out benchmark (bench/fanout_bench.py) is bound by their cost. Quart's request context,
 routing and hooks cost about as much as the write itself, so these three routes are answered
 here, directly on the ASGI messages, with the same perimeter as every other route, in the same
-order: Origin (403), Bearer token (401), per-address rate limit (429 with RateLimit headers),
+order: Origin (403), Bearer token (401; without an Authorization header, the auth cookie under
+the CSRF rules of ``csrf.py``, 403), per-address rate limit (429 with RateLimit headers),
 body size (413), JSON (400), then the shared operation from :mod:`library_ops` (validation,
 404, 409 with serverVersion). Responses carry the same security and CORS headers.
 
@@ -32,6 +33,8 @@ from dramaverse.errors import (
     DramaverseError,
 )
 from dramaverse.http import library_ops
+from dramaverse.http.auth import AuthUser
+from dramaverse.http.cookies import CookieRequest
 from dramaverse.http.responses import JSON_TYPE, dumps, mimetype_of, parse_json_body
 from dramaverse.http.security import SECURITY_HEADERS, CorsPolicy
 from dramaverse.http.state import AppState
@@ -83,7 +86,7 @@ class LibraryWriteFastPath:
             extra.extend(CorsPolicy.grant_headers(origin))
         try:
             perimeter.check_origin(origin)
-            user = perimeter.user_from_header(headers.get(b"authorization"))
+            user = self._user(scope, headers.get(b"authorization"))
             if perimeter.user_limiter is not None:
                 peer = scope.get("client")
                 address = perimeter.address(
@@ -111,6 +114,16 @@ class LibraryWriteFastPath:
             await _respond(send, 500, {"message": SERVER_ERROR}, extra)
             return
         await _respond(send, 200, result, extra)
+
+    def _user(self, scope: HTTPScope, authorization: str | None) -> AuthUser:
+        """The Bearer token's user or, without ``Authorization``, the cookie's (guards.py's
+        ``request_user`` on the ASGI scope; the headers are read again only then)."""
+        if authorization is None:
+            cookie = CookieRequest.from_scope(scope["headers"])
+            token = self._state.cookie_auth.request_token(scope["method"], cookie)
+            if token is not None:
+                return self._perimeter.user_from_token(token)
+        return self._perimeter.user_from_header(authorization)
 
     async def _read_body(self, receive: Receive, declared: str | None) -> bytes | None:
         perimeter = self._perimeter

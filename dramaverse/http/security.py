@@ -1,9 +1,10 @@
 """CORS, security headers, rate limits and the client address: the HTTP perimeter.
 
 The headers mirror helmet's defaults (what the original Express server sent). CORS follows the
-``cors`` middleware configured with an allow-list, except that a disallowed origin gets a clear
-403 instead of a 500. Rate limits are fixed windows per client address, like express-rate-limit's
-memory store, and announce themselves with the standard ``RateLimit-*`` headers.
+``cors`` middleware configured with an allow-list and credentials, except that a disallowed
+origin gets a clear 403 instead of a 500. Rate limits are fixed windows per client address,
+like express-rate-limit's memory store, and announce themselves with the standard
+``RateLimit-*`` headers.
 """
 
 from __future__ import annotations
@@ -39,13 +40,18 @@ SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-XSS-Protection", "0"),
 )
 
-CORS_METHODS = "GET,POST,OPTIONS"
-CORS_HEADERS = "Content-Type,Authorization"
+CORS_METHODS = "GET,POST,PUT,PATCH,DELETE,OPTIONS"
+# X-CSRF-Token: what a page authenticated by the cookie sends with its writes (http/csrf.py).
+CORS_HEADERS = "Content-Type,Authorization,X-CSRF-Token"
 CORS_MAX_AGE = "600"
 
 
 class CorsPolicy:
-    """An allow-list of exact origins. Requests without an Origin header are not CORS."""
+    """An allow-list of exact origins. Requests without an Origin header are not CORS.
+
+    An allowed origin may send credentials (``Access-Control-Allow-Credentials: true``): the
+    auth cookie (http/cookies.py). A page on it still needs the CSRF token for its writes.
+    """
 
     def __init__(self, origins: Iterable[str]) -> None:
         self.origins = frozenset(origins)
@@ -55,12 +61,17 @@ class CorsPolicy:
 
     @staticmethod
     def grant_headers(origin: str) -> list[tuple[str, str]]:
-        return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        return [
+            ("Access-Control-Allow-Origin", origin),
+            ("Access-Control-Allow-Credentials", "true"),
+            ("Vary", "Origin"),
+        ]
 
     @staticmethod
     def preflight_headers(origin: str) -> list[tuple[str, str]]:
         return [
             ("Access-Control-Allow-Origin", origin),
+            ("Access-Control-Allow-Credentials", "true"),
             ("Vary", "Origin"),
             ("Access-Control-Allow-Methods", CORS_METHODS),
             ("Access-Control-Allow-Headers", CORS_HEADERS),

@@ -19,6 +19,7 @@ from dramaverse.actors.room_snapshots import SnapshotWriter
 from dramaverse.broker.base import Broker
 from dramaverse.config import Settings
 from dramaverse.http.auth import PasswordHasher, TokenService
+from dramaverse.http.cookies import CookieAuth
 from dramaverse.http.live_sockets import LiveSockets
 from dramaverse.http.perimeter import Perimeter
 from dramaverse.http.revocation_sync import Revoker
@@ -87,6 +88,11 @@ class AppState:
             self.user_limiter,
             self.activity,
         )
+
+    @cached_property
+    def cookie_auth(self) -> CookieAuth:
+        """Cookie authentication and its CSRF rules (http/cookies.py, http/csrf.py)."""
+        return CookieAuth.from_settings(self.settings, self.cors)
 
     @classmethod
     def build(

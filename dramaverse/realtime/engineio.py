@@ -57,6 +57,7 @@ from quart import Response
 
 from dramaverse.config import Settings
 from dramaverse.domain.close_codes import CloseCode
+from dramaverse.http.cookies import SocketCookie
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,8 @@ class EngineSession:
         self.closed = trio.Event()
         self.handler: SessionHandler | None = None
         self.nursery: trio.Nursery | None = None
+        # The handshake's auth cookie, for a Socket.IO CONNECT without a token (socketio.py).
+        self.cookie: SocketCookie | None = None
         self._config = config
         self._on_close = on_close
         self.outbox, self._receive = trio.open_memory_channel[str](config.outbox_size)

@@ -10,6 +10,9 @@ CORS is answered here rather than by the app's perimeter, because Engine.IO clie
 credentials: an allowed Origin gets ``Access-Control-Allow-Origin`` with that origin,
 ``Access-Control-Allow-Credentials: true`` and ``Vary: Origin``; a disallowed one gets 403
 ``{"code":4,"message":"Forbidden"}`` (WebSocket upgrades too: no cross-site hijacking).
+The handshake that opens a session (a polling GET or a WebSocket without ``sid``) also reads
+the browser's auth cookie, usable only with an ``Origin`` header (http/cookies.py); the session
+keeps it for a Socket.IO CONNECT that brings no token.
 
 Sids are 20 random URL-safe characters (120 bits) after :attr:`EngineServer.sid_prefix` (empty
 in a single process). A worker of ``serve --workers N`` sets it to its tag ``w<I>.``, and its
@@ -36,9 +39,11 @@ from typing import Any
 
 import trio
 from quart import Blueprint, Response, request, websocket
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from dramaverse.domain.close_codes import CloseCode
+from dramaverse.http.cookies import CookieAuth, SocketCookie, joined
 from dramaverse.http.security import CorsPolicy, client_address
 from dramaverse.realtime.engineio import (
     BAD_HANDSHAKE_METHOD,
@@ -81,9 +86,11 @@ class EngineServer:
         handler_factory: Callable[[EngineSession], SessionHandler],
         *,
         sid_prefix: str = "",
+        cookies: CookieAuth | None = None,
     ) -> None:
         self.config = config
         self.sid_prefix = sid_prefix
+        self._cookies = cookies
         self.sessions: dict[str, EngineSession] = {}
         self.closing = False
         self._cors = cors
@@ -123,11 +130,14 @@ class EngineServer:
         template = self._open_packets[session.transport]
         return template.replace('"sid":""', f'"sid":"{session.sid}"', 1)
 
-    async def open_session(self, transport: Transport, address: str) -> EngineSession:
+    async def open_session(
+        self, transport: Transport, address: str, cookie: SocketCookie | None = None
+    ) -> EngineSession:
         if self._nursery is None or self.closing:
             raise RequestRefused(SHUTTING_DOWN)
         sid = self.sid_prefix + secrets.token_urlsafe(15)
         session = EngineSession(self.config, sid, transport, address, self.forget)
+        session.cookie = cookie
         session.handler = self._factory(session)
         self.sessions[sid] = session
         await self._nursery.start(session.run)
@@ -141,6 +151,12 @@ class EngineServer:
 
     def _address(self, peer: str | None, forwarded: str | None) -> str:
         return client_address(peer, forwarded, self.config.trust_proxy)
+
+    def _cookie(self, headers: Headers) -> SocketCookie | None:
+        """The opening handshake's auth cookie (None without one or without cookie auth)."""
+        if self._cookies is None:
+            return None
+        return self._cookies.socket_cookie(headers.get("Origin"), joined(headers.getlist("Cookie")))
 
     # -- HTTP long-polling -----------------------------------------------------------------
 
@@ -180,7 +196,8 @@ class EngineServer:
             if request.method != "GET":
                 raise RequestRefused(BAD_HANDSHAKE_METHOD)
             address = self._address(request.remote_addr, request.headers.get("X-Forwarded-For"))
-            session = await self.open_session(Transport.POLLING, address)
+            cookie = self._cookie(request.headers)
+            session = await self.open_session(Transport.POLLING, address, cookie)
             return Response(self.open_packet(session), 200, content_type=TEXT_TYPE)
         session = self._lookup(sid)
         if request.method == "GET":
@@ -233,7 +250,9 @@ class EngineServer:
             return None
         address = self._address(ws.remote_addr, ws.headers.get("X-Forwarded-For"))
         try:
-            session = await self.open_session(Transport.WEBSOCKET, address)
+            session = await self.open_session(
+                Transport.WEBSOCKET, address, self._cookie(ws.headers)
+            )
         except RequestRefused as refused:
             return refused.error.response(origin)
         await ws.accept()

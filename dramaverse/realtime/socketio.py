@@ -8,7 +8,10 @@ of the user's session actor, exactly like a native WebSocket connection: same bo
 event for every Socket.IO device (:func:`~dramaverse.realtime.socketio_codec.encode_event`).
 
 Refusals use the original server's messages: ``Authentication error: Token not provided.`` and
-``Authentication error: Invalid token.`` (also for a valid token whose user was deleted). Another
+``Authentication error: Invalid token.`` (also for a valid token whose user was deleted). A
+CONNECT without a token is authenticated by the browser's auth cookie when the Engine.IO
+handshake carried one with an allowed ``Origin`` (http/cookies.py); a cookie without ``Origin``
+is refused with ``Authentication error: Cookie authentication requires an allowed Origin.`` Another
 namespace gets ``Invalid namespace``. Events from clients are logged (debug) and ignored, as the
 original server did; one that asks for an acknowledgement gets one with a single argument
 ``{"message": ...}`` saying the event is not handled, so a client awaiting it does not hang.
@@ -89,6 +92,8 @@ log = logging.getLogger(__name__)
 EXTENSION = "dramaverse.socketio"
 TOKEN_NOT_PROVIDED = "Authentication error: Token not provided."
 TOKEN_INVALID = "Authentication error: Invalid token."
+# A CONNECT without a token whose handshake carried the auth cookie but no Origin header.
+COOKIE_ORIGIN_REQUIRED = "Authentication error: Cookie authentication requires an allowed Origin."
 INVALID_NAMESPACE = "Invalid namespace"
 ERROR_WINDOW_SECONDS = 10.0
 MAX_OFFSET_DIGITS = 15
@@ -318,10 +323,13 @@ class SocketIOConnection:
 
     async def _authenticate(self, auth: dict[str, Any]) -> AuthUser | None:
         token = auth.get("token")
+        cookie = self._session.cookie
+        if not token and cookie is not None:  # no token given: the handshake's auth cookie
+            token = cookie.token
         message = None
         user = None
         if not token:
-            message = TOKEN_NOT_PROVIDED
+            message = TOKEN_NOT_PROVIDED if cookie is None else COOKIE_ORIGIN_REQUIRED
         elif not isinstance(token, str):
             message = TOKEN_INVALID
         else:
@@ -394,6 +402,7 @@ def install(app: QuartTrio, state: AppState) -> EngineServer:
         state.shutdown,
         lambda session: SocketIOConnection(state, session, pids),
         sid_prefix=sid_prefix(state.settings.worker_id),  # a worker's sids name it
+        cookies=state.cookie_auth,
     )
     app.register_blueprint(engineio_server.blueprint(server))
     app.extensions[EXTENSION] = server

@@ -13,7 +13,9 @@ The endpoint is served on the ASGI messages in front of the Quart application
 (:class:`NativeSocketEndpoint`): a frame costs one task switch less and none of Quart's
 per-message wrappers, about a sixth of the server's CPU per frame (docs/architecture.md). The
 handshake has the same perimeter as a Quart route: a disallowed Origin gets a 403
-JSON response, a subprotocol list without ``dramaverse.v1`` gets 1002.
+JSON response, a subprotocol list without ``dramaverse.v1`` gets 1002. Without a token in the
+``hello``, the ``Authorization`` header or the subprotocol, the browser's auth cookie is used,
+only when the handshake had an (allowed) ``Origin`` (http/cookies.py); otherwise 4100.
 
 Once its token is accepted the connection is in the process's :class:`LiveSockets` registry
 (``http/live_sockets.py``): when the token is revoked (its sign-in session ended, its user's
@@ -48,6 +50,7 @@ from dramaverse.domain.jsjson import unstorable_text
 from dramaverse.domain.numbers import REQUEST_ID_RULE, is_request_id
 from dramaverse.errors import Conflict, DramaverseError, ServiceUnavailable, Unauthorized
 from dramaverse.http.auth import TOKEN_INVALID, AuthUser
+from dramaverse.http.cookies import CookieRequest, SocketCookie
 from dramaverse.http.library_ops import OPERATIONS
 from dramaverse.http.responses import JSON_TYPE
 from dramaverse.http.security import SECURITY_HEADERS
@@ -175,7 +178,11 @@ async def native_socket(
     )
     peer = scope.get("client")
     address = perimeter.address(peer[0] if peer else None, headers.get(b"x-forwarded-for"))
-    await NativeConnection(state, address, token, socket).run()
+    cookie = None
+    if token is None and b"authorization" not in headers:  # the last resort, after hello's
+        cookie_header = CookieRequest.from_scope(scope["headers"]).cookie
+        cookie = state.cookie_auth.socket_cookie(origin, cookie_header)
+    await NativeConnection(state, address, token, socket, cookie).run()
 
 
 async def _refuse(scope: WebsocketScope, send: ASGISendCallable, status: int, message: str) -> None:
@@ -191,11 +198,19 @@ async def _refuse(scope: WebsocketScope, send: ASGISendCallable, status: int, me
 
 
 class NativeConnection:
-    def __init__(self, state: AppState, address: str, token: str | None, ws: AsgiSocket) -> None:
+    def __init__(
+        self,
+        state: AppState,
+        address: str,
+        token: str | None,
+        ws: AsgiSocket,
+        cookie: SocketCookie | None = None,
+    ) -> None:
         self._state = state
         self._settings = state.settings
         self._address = address
         self._token = token
+        self._cookie = cookie
         self._ws = ws
         self._scope = trio.CancelScope()
         self._close: tuple[int, str] | None = None
@@ -341,6 +356,11 @@ class NativeConnection:
 
     async def _authenticate(self, hello: dict[str, Any]) -> AuthUser | None:
         token = hello.get("token") or self._token
+        if not token and self._cookie is not None:
+            if self._cookie.token is None:
+                self.close(CloseCode.AUTH_FAILED, self._cookie.refusal or "")
+                return None
+            token = self._cookie.token
         if not token:
             self.close(CloseCode.AUTH_FAILED, "Authentication token required")
             return None

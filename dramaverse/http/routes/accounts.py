@@ -2,7 +2,9 @@
 
 The answers keep the original server's shapes; the token now also carries the session's id
 (``sid``) and a token id (``jti``). The session records when and from where it started, and a
-device label derived from the User-Agent ("Firefox on Windows").
+device label derived from the User-Agent ("Firefox on Windows"). With ``"cookie": true`` in
+the body they also set the auth and CSRF cookies for browsers (``http/cookies.py``); the answer
+is the same either way.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dramaverse.domain.sessions import (
 )
 from dramaverse.errors import Forbidden, Unauthorized
 from dramaverse.http.auth import parse_login, parse_registration
+from dramaverse.http.cookies import cookie_requested
 from dramaverse.http.responses import json_response, read_json_body
 from dramaverse.http.routes.guards import auth_rate_limited
 from dramaverse.http.state import AppState, app_state
@@ -46,7 +49,9 @@ def new_session(state: AppState, now_ms: int) -> SessionStart:
 @blueprint.post("/api/auth/register")
 @auth_rate_limited
 async def register() -> Response:
-    username, password = parse_registration(await read_json_body())
+    body = await read_json_body()
+    username, password = parse_registration(body)
+    wants_cookie = cookie_requested(body)
     state = app_state()
     password_hash = await state.passwords.hash(password)
     now_ms = state.clock_ms()
@@ -55,16 +60,21 @@ async def register() -> Response:
         username, password_hash, now_ms=now_ms, session=session
     )
     token = state.tokens.issue(user_id, username, session_id=session.id, now=now_ms / 1000)
-    return json_response(
+    response = json_response(
         {"message": "User created successfully", "user": {"username": username}, "token": token},
         201,
     )
+    if wants_cookie:
+        state.cookie_auth.set_auth_cookies(response, token)
+    return response
 
 
 @blueprint.post("/api/auth/login")
 @auth_rate_limited
 async def login() -> Response:
-    username, password = parse_login(await read_json_body())
+    body = await read_json_body()
+    username, password = parse_login(body)
+    wants_cookie = cookie_requested(body)
     state = app_state()
     user = await state.storage.get_user_by_username(username)
     if not await state.passwords.verify(password, user.password_hash if user else None):
@@ -79,4 +89,7 @@ async def login() -> Response:
     except Unauthorized:  # deleted since it was looked up
         raise Unauthorized("Invalid credentials") from None
     token = state.tokens.issue(user.id, user.username, session_id=session.id, now=now_ms / 1000)
-    return json_response({"user": {"username": user.username}, "token": token})
+    response = json_response({"user": {"username": user.username}, "token": token})
+    if wants_cookie:
+        state.cookie_auth.set_auth_cookies(response, token)
+    return response

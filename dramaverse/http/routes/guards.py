@@ -9,6 +9,7 @@ from typing import Any, ParamSpec, TypeVar
 from quart import g, request
 
 from dramaverse.http.auth import AuthUser
+from dramaverse.http.cookies import CookieRequest
 from dramaverse.http.security import RateDecision
 from dramaverse.http.state import app_state
 
@@ -28,6 +29,19 @@ def _enforce(decision: RateDecision | None, message: str) -> None:
     app_state().perimeter.refuse_over_limit(decision, message)
 
 
+def request_user() -> AuthUser:
+    """The request's user: its Bearer token or, without an ``Authorization`` header, its auth
+    cookie once the CSRF rules pass (http/cookies.py); 401 or 403 otherwise."""
+    state = app_state()
+    authorization = request.headers.get("Authorization")
+    if authorization is None:
+        cookie = CookieRequest.from_headers(request.headers)
+        token = state.cookie_auth.request_token(request.method, cookie)
+        if token is not None:
+            return state.perimeter.user_from_token(token)
+    return state.perimeter.user_from_header(authorization)
+
+
 def auth_rate_limited(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """``/api/auth/*``: every attempt counts, successful or not."""
 
@@ -43,12 +57,13 @@ def auth_rate_limited(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitab
 
 
 def authenticated(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """``/api/user/*``: a valid Bearer token first (401), then the per-address limit (429)."""
+    """``/api/user/*``: a valid token first (401; 403 for a cookie failing CSRF), then the
+    per-address limit (429)."""
 
     @wraps(handler)
     async def guarded(*args: Any, **kwargs: Any) -> Any:
         perimeter = app_state().perimeter
-        user: AuthUser = perimeter.user_from_header(request.headers.get("Authorization"))
+        user: AuthUser = request_user()
         if perimeter.user_limiter is not None:
             _enforce(perimeter.spend_user_limit(_address()), perimeter.user_limit_message())
         return await handler(user, *args, **kwargs)

@@ -9,7 +9,8 @@ reports (``GET``). The shapes are the original server's; what differs and why is
 
 Storage keeps the newest ``PLAYER_STATUS_KEEP`` reports per user and room; reads return those
 newer than ``PLAYER_STATUS_TTL_SECONDS`` and the event-log pruner deletes older ones. A refused
-request (401, 429, 400) changes nothing.
+request (401, 403, 429, 400) changes nothing. Browsers may authenticate with the auth cookie
+instead of the Bearer header, under the CSRF rules of ``http/csrf.py``.
 
 Error handling: every refusal is a :class:`~dramaverse.errors.DramaverseError` naming the
 problem, answered as ``{"message": ...}`` by the app's error mapping.
@@ -22,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from quart import Blueprint, Response, g, request
+from quart import Blueprint, Response, g
 
 from dramaverse.domain.library import is_js_number
 from dramaverse.domain.numbers import finite
@@ -35,6 +36,7 @@ from dramaverse.http.responses import (
     raw_json_response,
     read_json_body,
 )
+from dramaverse.http.routes.guards import request_user
 from dramaverse.http.security import minutes_phrase
 from dramaverse.http.state import AppState, app_state
 
@@ -224,7 +226,7 @@ def _query() -> tuple[str, str | None]:
 
 def _authenticate(state: AppState, kind: str) -> AuthUser:
     """The token's user (401), then the per-user player limit (429), like the other guards."""
-    user = state.tokens.verify_header(request.headers.get("Authorization"))
+    user = request_user()
     limiter = state.player_limiter
     if limiter is not None:
         decision = limiter.hit(f"{kind}:{user.id}")
