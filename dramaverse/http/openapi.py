@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from dramaverse import __version__
 from dramaverse.config import Settings
+from dramaverse.http.openapi_account import EXPORT_SCHEMA
 from dramaverse.http.openapi_parts import error
 from dramaverse.http.openapi_paths import paths
 
@@ -91,6 +92,7 @@ SCHEMAS: Final[dict[str, Any]] = {
             "expiresAt": {"type": "integer", "description": "when the session's token expires"},
         },
     },
+    "UserExport": EXPORT_SCHEMA,
 }
 
 RESPONSES: Final[dict[str, Any]] = {
@@ -117,7 +119,8 @@ def document(settings: Settings) -> dict[str, Any]:
             "description": (
                 "The HTTP API of the Dramaverse server: the original server's contract "
                 "(catalog, accounts, library, player status) and the resources added since "
-                '(sign-in sessions). Errors are {"message": ...} JSON. Real-time: the native '
+                "(sign-in sessions, the user's own account). Errors are "
+                '{"message": ...} JSON. Real-time: the native '
                 "WebSocket /api/ws (docs/protocol.md) and Socket.IO (docs/socketio.md)."
             ),
         },
@@ -125,6 +128,10 @@ def document(settings: Settings) -> dict[str, Any]:
             {"name": "catalog"},
             {"name": "accounts"},
             {"name": "sessions", "description": "Sign-in sessions (docs/auth.md)."},
+            {
+                "name": "account",
+                "description": "The user's own account: password, export, deletion (docs/auth.md).",
+            },
             {"name": "library"},
             {"name": "player"},
             {"name": "realtime"},
