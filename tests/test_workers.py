@@ -263,8 +263,9 @@ async def test_two_devices_of_one_user_on_different_workers_receive_each_others_
             assert (b"x-dramaverse-worker", b"1") in laptop.handshake_headers
             assert (await hello(phone, token))["seq"] == 0
             assert (await hello(laptop, token))["seq"] == 0
-            # Both workers listen to the user's channel in Redis: that is the way across.
-            assert await subscribers(redis_url, prefix) == {"user:1": 2}
+            # Both workers listen to the user's channel in Redis: that is the way across (and
+            # to the revocations of sign-in sessions, docs/auth.md).
+            assert await subscribers(redis_url, prefix) == {"user:1": 2, "auth:revocations": 2}
 
             # The phone writes over its socket (worker 0): the laptop (worker 1) hears of it.
             await phone.send_message(

@@ -33,11 +33,12 @@ blueprint = Blueprint("accounts", __name__)
 BANNED = "This account has been banned."
 
 
-def new_session(state: AppState, now_ms: int) -> SessionStart:
-    """The session a login or registration at ``now_ms`` starts, from this request."""
+def new_session(state: AppState, now_ms: int, issued: int) -> SessionStart:
+    """The session a login or registration at ``now_ms`` starts, from this request, for a
+    token issued at ``issued`` (seconds, the token service's clock)."""
     user_agent = request.headers.get("User-Agent")
     address = state.perimeter.address(request.remote_addr, request.headers.get("X-Forwarded-For"))
-    expires_ms = (now_ms // 1000 + state.tokens.ttl_seconds) * 1000  # the token's exp
+    expires_ms = (issued + state.tokens.ttl_seconds) * 1000  # the token's exp
     return SessionStart(
         new_session_id(),
         now_ms,
@@ -56,12 +57,12 @@ async def register() -> Response:
     wants_cookie = cookie_requested(body)
     state = app_state()
     password_hash = await state.passwords.hash(password)
-    now_ms = state.clock_ms()
-    session = new_session(state, now_ms)
+    now_ms, issued = state.clock_ms(), state.tokens.now()
+    session = new_session(state, now_ms, issued)
     user_id = await state.storage.create_user(
         username, password_hash, now_ms=now_ms, session=session
     )
-    token = state.tokens.issue(user_id, username, session_id=session.id, now=now_ms / 1000)
+    token = state.tokens.issue(user_id, username, session_id=session.id, now=issued)
     response = json_response(
         {"message": "User created successfully", "user": {"username": username}, "token": token},
         201,
@@ -87,13 +88,13 @@ async def login() -> Response:
         await attempt.succeeded()  # only failures stay counted
     if user.is_banned:  # only said to whoever knows the password
         raise Forbidden(BANNED)
-    now_ms = state.clock_ms()
-    session = new_session(state, now_ms)
+    now_ms, issued = state.clock_ms(), state.tokens.now()
+    session = new_session(state, now_ms, issued)
     try:
         await state.storage.create_session(user.id, session)
     except Unauthorized:  # deleted since it was looked up
         raise Unauthorized("Invalid credentials") from None
-    token = state.tokens.issue(user.id, user.username, session_id=session.id, now=now_ms / 1000)
+    token = state.tokens.issue(user.id, user.username, session_id=session.id, now=issued)
     response = json_response({"user": {"username": user.username}, "token": token})
     if wants_cookie:
         state.cookie_auth.set_auth_cookies(response, token)

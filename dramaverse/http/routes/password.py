@@ -86,7 +86,10 @@ async def change_password(user: AuthUser) -> Response:
     if new == current:  # said only to whoever knows the current password
         raise BadRequest(NEW_IS_CURRENT)
     password_hash = await state.passwords.hash(new)
-    now = state.clock_ms()
+    # On the tokens' clock: the cut-off is compared with their iat, and the fresh token is
+    # issued in the same second, so it is not refused.
+    issued = state.tokens.now()
+    now = issued * 1000
     keep = user.session_id
     try:
         ended = await state.storage.set_password_hash(
@@ -100,23 +103,22 @@ async def change_password(user: AuthUser) -> Response:
         ended += await state.storage.end_other_sessions(user.id, keep, now)
     await state.revoker.cut_off(user.id, cutoff_at(now))
     await state.revoker.end_sessions(user.id, sorted(set(ended)), now)
-    token = await fresh_token(state, stored, keep, now)
+    token = await fresh_token(state, stored, keep, issued)
     response = json_response({"user": {"username": stored.username}, "token": token})
     if authenticated_by_cookie():
         state.cookie_auth.set_auth_cookies(response, token)
     return response
 
 
-async def fresh_token(state: AppState, user: UserRecord, keep: str | None, now: int) -> str:
-    """A token for the kept session, issued at ``now`` (not before the new cut-off). A token
-    without a session, or one whose session ended meanwhile, gets a new session, as a login
-    would: the current password was just proven."""
-    issued = now / 1000
+async def fresh_token(state: AppState, user: UserRecord, keep: str | None, issued: int) -> str:
+    """A token for the kept session, issued at ``issued`` (seconds, not before the new
+    cut-off). A token without a session, or one whose session ended meanwhile, gets a new
+    session, as a login would: the current password was just proven."""
     if keep is not None:
-        expires_ms = (now // 1000 + state.tokens.ttl_seconds) * 1000  # the token's exp
+        expires_ms = (issued + state.tokens.ttl_seconds) * 1000  # the token's exp
         if await state.storage.renew_session(user.id, keep, expires_ms):
             return state.tokens.issue(user.id, user.username, session_id=keep, now=issued)
-    session = new_session(state, now)
+    session = new_session(state, state.clock_ms(), issued)
     try:
         await state.storage.create_session(user.id, session)
     except Unauthorized:  # deleted meanwhile

@@ -60,6 +60,7 @@ async def logout(user: AuthUser) -> Response:
     state = app_state()
     now = state.clock_ms()
     if user.session_id is None:
+        now = state.tokens.now() * 1000  # a cut-off is compared with iat: the tokens' clock
         ended = await state.storage.end_all_sessions(user.id, now, cut_off=True)
         await state.revoker.cut_off(user.id, cutoff_at(now))
         await state.revoker.end_sessions(user.id, ended, now)
