@@ -124,6 +124,13 @@ async def test_password_change_login_limits_and_deletion_across_workers(tmp_path
                     assert (locked.status_code, locked.json()) == (429, {"message": LOCKED})
                     assert "Retry-After" in locked.headers
 
+        # -- the export, read from PostgreSQL -------------------------------------------------
+        async with cluster.http(1) as client:
+            export = await client.get("/api/user/export", headers=bearer(fresh))
+        assert export.status_code == 200, export.text
+        assert export.json()["user"]["username"] == "alice"
+        assert [s["endedAt"] is None for s in export.json()["sessions"]].count(True) == 1
+
         # -- a deletion through worker 1 ---------------------------------------------------------
         async with AsyncExitStack() as stack:
             doomed = await sockets_on_both(stack, cluster, fresh)

@@ -357,3 +357,40 @@ async def test_deletion_needs_a_valid_token(server: Server) -> None:
     missing = await server.client.request("DELETE", "/api/user", json={"password": "secret-pw"})
     assert missing.status_code == 401
     assert (await delete(server, "garbage", {"password": "secret-pw"})).status_code == 401
+
+
+# -- the OpenAPI document ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "statuses"),
+    [
+        ("/api/user/password", "post", {"200", "400", "401", "403", "413", "429", "503"}),
+        ("/api/user/export", "get", {"200", "401", "403", "429", "503"}),
+        ("/api/user", "delete", {"200", "400", "401", "403", "409", "413", "429", "503"}),
+    ],
+)
+async def test_the_account_routes_are_described_fully(
+    server: Server, path: str, method: str, statuses: set[str]
+) -> None:
+    document = (await server.client.get("/api/openapi.json")).json()
+    operation = document["paths"][path][method]
+    assert set(operation["responses"]) == statuses
+    assert operation["security"] == [{"bearerAuth": []}]
+    assert operation["tags"] == ["account"]
+    assert "content" in operation["responses"]["200"]
+
+
+async def test_an_export_has_the_documented_fields(server: Server) -> None:
+    token = await server.register("alice")
+    await fill_library(server, token, URLS[0], "ROOM")
+    schema = (await server.client.get("/api/openapi.json")).json()["components"]["schemas"][
+        "UserExport"
+    ]
+    export = (await server.get_as(token, "/api/user/export")).json()
+    assert set(export) == set(schema["required"]) == set(schema["properties"])
+    assert set(export["user"]) == set(schema["properties"]["user"]["required"])
+    for part in ("events", "sessions", "playerStatuses"):
+        required = set(schema["properties"][part]["items"]["required"])
+        assert export[part]
+        assert all(set(item) == required for item in export[part]), part
