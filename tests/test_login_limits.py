@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -29,8 +30,11 @@ from dramaverse.http.login_limits import (
     credential_key,
 )
 from tests.conftest import Server, make_settings, running_server
+from tests.postgres_tools import Proxy, fresh_schema
 from tests.services import require_redis
 from tests.test_broker_contract import RawRedis, unique_prefix
+from tests.test_health import health_until
+from tests.test_storage_postgres import with_port
 
 LOCKED = {
     "message": "Too many failed password attempts for this account, please try again after "
@@ -133,6 +137,36 @@ async def test_the_limit_can_be_off(tmp_path: Path) -> None:
         for n in range(15):
             assert (await attempt(server, "alice", f"guess-{n}", address(n))).status_code == 401
         assert (await attempt(server, "alice", "secret-pw", address(99))).status_code == 200
+
+
+async def test_a_login_the_database_could_not_judge_is_no_failure(tmp_path: Path) -> None:
+    async with fresh_schema() as (url, _name), trio.open_nursery() as proxies:
+        target = urlsplit(url)
+        proxy = Proxy(target.hostname or "127.0.0.1", target.port or 5432)
+        port = await proxies.start(proxy.run)
+        settings = make_settings(
+            tmp_path,
+            database_url=with_port(url, port),
+            trust_proxy=1,
+            rate_limit_login_account=RateLimit(2, 900),
+        )
+        async with running_server(settings) as server:
+            await server.register("alice")
+            proxy.stop()  # PostgreSQL "goes away"
+            for n in range(5):
+                response = await attempt(server, "alice", "secret-pw", address(n))
+                assert response.status_code == 503, response.text
+            await proxies.start(proxy.run)  # back on the same port
+            await health_until(server.client, 200)
+            with trio.fail_after(30):  # until the pool has reconnected
+                while True:
+                    response = await attempt(server, "alice", "wrong", address(9))
+                    if response.status_code != 503:
+                        break
+                    await trio.sleep(0.1)
+            assert response.status_code == 401  # the first failure that counts
+            assert (await attempt(server, "alice", "secret-pw", address(10))).status_code == 200
+        proxies.cancel_scope.cancel()
 
 
 # -- the counters --------------------------------------------------------------------------------

@@ -80,12 +80,18 @@ async def login() -> Response:
     wants_cookie = cookie_requested(body)
     state = app_state()
     attempt = await start_login(state, username, request_address(state))  # 429: locked
-    user = await state.storage.get_user_by_username(username)
-    if not await state.passwords.verify(password, user.password_hash if user else None):
+    try:
+        user = await state.storage.get_user_by_username(username)
+        right = await state.passwords.verify(password, user.password_hash if user else None)
+    except Exception:  # no verdict (the database is down): not a failure
+        if attempt is not None:
+            await attempt.take_back()
+        raise
+    if not right:
         raise Unauthorized("Invalid credentials")
     assert user is not None
     if attempt is not None:
-        await attempt.succeeded()  # only failures stay counted
+        await attempt.take_back()  # only failures stay counted
     if user.is_banned:  # only said to whoever knows the password
         raise Forbidden(BANNED)
     now_ms, issued = state.clock_ms(), state.tokens.now()

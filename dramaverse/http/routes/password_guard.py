@@ -68,12 +68,13 @@ async def signed_in_from(state: AppState, username: str, address: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class LoginAttempt:
-    """A login the limits let through; :meth:`succeeded` once its password was right."""
+    """A login the limits let through and counted; :meth:`take_back` once its password was
+    right, or when it failed before the password could be judged (the database was down)."""
 
     limits: PasswordLimits
     hits: tuple[Hit, Hit]
 
-    async def succeeded(self) -> None:
+    async def take_back(self) -> None:
         for hit in self.hits:
             await self.limits.take_back(hit)
 
@@ -85,11 +86,18 @@ async def start_login(state: AppState, username: str, address: str) -> LoginAtte
         return None
     account = await limits.spend(account_key(username))
     pair = await limits.spend(address_key(username, address))
+    attempt = LoginAttempt(limits, (account, pair))
     if limits.over(pair):
         refuse(limits, pair)
-    if limits.over(account) and not await signed_in_from(state, username, address):
-        refuse(limits, account)
-    return LoginAttempt(limits, (account, pair))
+    if limits.over(account):
+        try:
+            known = await signed_in_from(state, username, address)
+        except Exception:  # no verdict (the database is down): not a failure
+            await attempt.take_back()
+            raise
+        if not known:
+            refuse(limits, account)
+    return attempt
 
 
 async def count_failure(state: AppState, username: str, address: str) -> None:
@@ -114,7 +122,13 @@ async def check_own_password(
         hit = await limits.spend(credential_key(user))
         if limits.over(hit):
             refuse(limits, hit)
-    if not await state.passwords.verify(password, stored.password_hash):
+    try:
+        right = await state.passwords.verify(password, stored.password_hash)
+    except Exception:  # no verdict: nothing to hold against the session
+        if limits is not None and hit is not None:
+            await limits.take_back(hit)
+        raise
+    if not right:
         await count_failure(state, stored.username, address)
         raise Forbidden(wrong)
     if limits is not None and hit is not None:
