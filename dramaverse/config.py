@@ -289,6 +289,11 @@ class Settings:
     rate_limit_auth: RateLimit | None = rate(
         "RATE_LIMIT_AUTH", RateLimit(10, 30 * 60), "/api/auth/* requests per window per address"
     )
+    rate_limit_login_account: RateLimit | None = rate(
+        "RATE_LIMIT_LOGIN_ACCOUNT",
+        RateLimit(10, 15 * 60),
+        "failed password attempts per window per account, all addresses together",
+    )
     rate_limit_user: RateLimit | None = rate(
         "RATE_LIMIT_USER", RateLimit(200, 15 * 60), "/api/user/* requests per window per address"
     )

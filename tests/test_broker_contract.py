@@ -278,6 +278,24 @@ async def test_window_counts_hits_per_key_and_restarts_after_the_window(backend:
     assert (await broker.count_in_window("a", 300))[0] == 1  # a new window
 
 
+async def test_a_hit_taken_back_leaves_the_window_where_it_was(backend: Backend) -> None:
+    broker = backend.broker
+    await broker.count_in_window("a", 300)
+    await broker.count_in_window("a", 300)
+    await broker.uncount_in_window("a")
+    hits, left = await broker.count_in_window("a", 300)
+    assert hits == 2  # 2 - 1 + 1
+    assert 0 < left <= 300  # the window did not restart
+    for _ in range(3):
+        await broker.uncount_in_window("a")  # never below zero
+    assert (await broker.count_in_window("a", 300))[0] == 1
+    await broker.uncount_in_window("never-counted")  # nothing to take back: no window made
+    assert (await broker.count_in_window("never-counted", 300)) == (1, pytest.approx(300, abs=50))
+    await trio.sleep(0.35)
+    await broker.uncount_in_window("a")  # the window ended: nothing happens
+    assert (await broker.count_in_window("a", 300))[0] == 1
+
+
 async def test_a_shared_limit_is_counted_across_processes(tmp_path: Path) -> None:
     url, prefix = require_redis(), unique_prefix()
     raw = RawRedis(url, prefix)

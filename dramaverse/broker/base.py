@@ -71,6 +71,13 @@ class Broker(Protocol):
         """
         ...
 
+    async def uncount_in_window(self, key: str) -> None:
+        """Take back one hit counted on ``key`` (an attempt that turned out not to count, like
+        a right password). Nothing happens once the window has ended or at zero; the window's
+        end does not move. Raises BrokerUnavailable when the backend is unreachable.
+        """
+        ...
+
     async def acquire_lease(self, name: str, ttl_ms: int, *, renew: bool = True) -> Lease | None:
         """Take the lease ``name`` for ``ttl_ms`` milliseconds, or return None if it is held.
 

@@ -96,6 +96,12 @@ class MemoryBroker:
         self._windows[key] = (hits, ends)
         return hits, max(0, int((ends - now) * 1000))
 
+    async def uncount_in_window(self, key: str) -> None:
+        await trio.lowlevel.checkpoint()
+        hits, ends = self._windows.get(key, (0, 0.0))
+        if hits > 0 and ends > trio.current_time():
+            self._windows[key] = (hits - 1, ends)
+
     async def acquire_lease(self, name: str, ttl_ms: int, *, renew: bool = True) -> Lease | None:
         check_lease_request(name, ttl_ms)
         await trio.lowlevel.checkpoint()

@@ -98,6 +98,16 @@ end
 return {hits, left}
 """
 
+# Only an existing key (a window still running) is decremented, never below zero; its expiry
+# stays where the first hit put it.
+UNCOUNT_SCRIPT = """
+local hits = tonumber(redis.call('get', KEYS[1]) or '0')
+if hits > 0 then
+  redis.call('decr', KEYS[1])
+end
+return 0
+"""
+
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, trio.TooSlowError)
 
 
@@ -203,6 +213,10 @@ async def _aio_eval(client: Redis, script: str, key: str, *args: str) -> int:
 async def _aio_count(client: Redis, key: str, window_ms: int) -> tuple[int, int]:
     hits, left = await client.eval(COUNT_SCRIPT, 1, key, str(window_ms))  # type: ignore[misc]
     return int(hits), int(left)
+
+
+async def _aio_uncount(client: Redis, key: str) -> None:
+    await client.eval(UNCOUNT_SCRIPT, 1, key)  # type: ignore[misc]
 
 
 async def _cross(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -610,6 +624,9 @@ class RedisBroker:
         return await self._command(
             _aio_count, self._client(), f"{self.prefix}window:{key}", window_ms
         )
+
+    async def uncount_in_window(self, key: str) -> None:
+        await self._command(_aio_uncount, self._client(), f"{self.prefix}window:{key}")
 
     async def acquire_lease(self, name: str, ttl_ms: int, *, renew: bool = True) -> Lease | None:
         check_lease_request(name, ttl_ms)

@@ -16,7 +16,16 @@ from dramaverse.errors import Conflict, DramaverseError
 from dramaverse.http.health import HealthCheck
 from dramaverse.http.openapi import document_bytes
 from dramaverse.http.responses import error_response, json_response, raw_json_response
-from dramaverse.http.routes import accounts, admin, catalog, library, player, sessions
+from dramaverse.http.routes import (
+    accounts,
+    admin,
+    catalog,
+    library,
+    password,
+    player,
+    sessions,
+    user_data,
+)
 from dramaverse.http.security import SECURITY_HEADERS, CorsPolicy
 from dramaverse.http.state import AppState
 from dramaverse.realtime import socketio
@@ -91,6 +100,8 @@ def create_app(state: AppState) -> QuartTrio:
     app.register_blueprint(player.blueprint)
     app.register_blueprint(sessions.blueprint)
     app.register_blueprint(admin.blueprint)
+    app.register_blueprint(password.blueprint)
+    app.register_blueprint(user_data.blueprint)
     socketio.install(app, state)  # its sessions' nursery: runtime starts engine_server(app).run
 
     @app.errorhandler(DramaverseError)

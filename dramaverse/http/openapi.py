@@ -20,6 +20,7 @@ from typing import Any, Final
 from dramaverse import __version__
 from dramaverse.config import Settings
 from dramaverse.http import openapi_admin
+from dramaverse.http.openapi_account import EXPORT_SCHEMA
 from dramaverse.http.openapi_parts import error
 from dramaverse.http.openapi_paths import paths
 
@@ -92,6 +93,7 @@ SCHEMAS: Final[dict[str, Any]] = {
             "expiresAt": {"type": "integer", "description": "when the session's token expires"},
         },
     },
+    "UserExport": EXPORT_SCHEMA,
 }
 
 RESPONSES: Final[dict[str, Any]] = {
@@ -118,9 +120,9 @@ def document(settings: Settings) -> dict[str, Any]:
             "description": (
                 "The HTTP API of the Dramaverse server: the original server's contract "
                 "(catalog, accounts, library, player status) and the resources added since "
-                '(sign-in sessions, the admin API). Errors are {"message": ...} JSON. '
-                "Real-time: the native WebSocket /api/ws (docs/protocol.md) and Socket.IO "
-                "(docs/socketio.md)."
+                "(sign-in sessions, the user's own account, the admin API). Errors are "
+                '{"message": ...} JSON. Real-time: the native '
+                "WebSocket /api/ws (docs/protocol.md) and Socket.IO (docs/socketio.md)."
             ),
         },
         "tags": [
@@ -128,6 +130,10 @@ def document(settings: Settings) -> dict[str, Any]:
             {"name": "accounts"},
             {"name": "sessions", "description": "Sign-in sessions (docs/auth.md)."},
             {"name": "admin", "description": "Administrators only (docs/auth.md, roles)."},
+            {
+                "name": "account",
+                "description": "The user's own account: password, export, deletion (docs/auth.md).",
+            },
             {"name": "library"},
             {"name": "player"},
             {"name": "realtime"},

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dramaverse.http.openapi_account import account_paths
 from dramaverse.http.openapi_parts import answer, body, error, operation, query, ref, shared
 
 
@@ -61,7 +62,11 @@ def _accounts() -> dict[str, Any]:
                     "400": shared("BadRequest"),
                     "401": error("Invalid credentials"),
                     "403": error("This account has been banned (or a refused Origin)."),
-                    "429": shared("TooManyRequests"),
+                    "429": error(
+                        "Over RATE_LIMIT_AUTH for this address (RateLimit headers), or too "
+                        "many failed passwords for this account (RATE_LIMIT_LOGIN_ACCOUNT; "
+                        "Retry-After; the same answer whether or not the username exists)."
+                    ),
                     "503": shared("Unavailable"),
                 },
             )
@@ -387,6 +392,7 @@ def paths(socket_io_path: str) -> dict[str, Any]:
         **_catalog(),
         **_accounts(),
         **_sessions(),
+        **account_paths(),
         **_library(),
         **_player(),
     }

@@ -21,6 +21,7 @@ from dramaverse.config import Settings
 from dramaverse.http.auth import PasswordHasher, TokenService
 from dramaverse.http.cookies import CookieAuth
 from dramaverse.http.live_sockets import LiveSockets
+from dramaverse.http.login_limits import PasswordLimits
 from dramaverse.http.perimeter import Perimeter
 from dramaverse.http.revocation_sync import Revoker
 from dramaverse.http.revocations import RevocationList
@@ -62,6 +63,9 @@ class AppState:
     revoker: Revoker
     activity: SessionActivity
     clock_ms: Callable[[], int] = field(default=wall_clock_ms)
+    # Failed passwords per account (RATE_LIMIT_LOGIN_ACCOUNT), counted in the broker; None
+    # when off (http/login_limits.py, routes/password_guard.py).
+    password_limits: PasswordLimits | None = None
     # Per-user limit of /api/player/status (PLAYER_STATUS_RATE), apart from user_limiter.
     player_limiter: RateLimiter | None = None
     # Whether a user hosts a room, for /api/player/status's ``isHost`` (never the client's
@@ -129,6 +133,9 @@ class AppState:
             else None,
             user_limiter=RateLimiter(settings.rate_limit_user)
             if settings.rate_limit_user
+            else None,
+            password_limits=PasswordLimits(settings.rate_limit_login_account, broker)
+            if settings.rate_limit_login_account
             else None,
             player_limiter=RateLimiter(settings.player_status_rate)
             if settings.player_status_rate

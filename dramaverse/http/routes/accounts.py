@@ -2,9 +2,10 @@
 
 The answers keep the original server's shapes; the token now also carries the session's id
 (``sid``) and a token id (``jti``). The session records when and from where it started, and a
-device label derived from the User-Agent ("Firefox on Windows"). With ``"cookie": true`` in the
-body they also set the auth and CSRF cookies for browsers (``http/cookies.py``); the answer is
-the same either way.
+device label derived from the User-Agent ("Firefox on Windows"). With ``"cookie": true`` in
+the body they also set the auth and CSRF cookies for browsers (``http/cookies.py``); the answer
+is the same either way. Failed logins are also counted per account, so that spreading guesses
+over many addresses does not help (``routes/password_guard.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dramaverse.http.auth import parse_login, parse_registration
 from dramaverse.http.cookies import cookie_requested
 from dramaverse.http.responses import json_response, read_json_body
 from dramaverse.http.routes.guards import auth_rate_limited
+from dramaverse.http.routes.password_guard import request_address, start_login
 from dramaverse.http.state import AppState, app_state
 from dramaverse.storage.accounts import SessionStart
 from dramaverse.storage.base import UserRecord
@@ -98,10 +100,19 @@ async def login() -> Response:
     username, password = parse_login(body)
     wants_cookie = cookie_requested(body)
     state = app_state()
-    user = await state.storage.get_user_by_username(username)
-    if not await state.passwords.verify(password, user.password_hash if user else None):
+    attempt = await start_login(state, username, request_address(state))  # 429: locked
+    try:
+        user = await state.storage.get_user_by_username(username)
+        right = await state.passwords.verify(password, user.password_hash if user else None)
+    except Exception:  # no verdict (the database is down): not a failure
+        if attempt is not None:
+            await attempt.take_back()
+        raise
+    if not right:
         raise Unauthorized("Invalid credentials")
     assert user is not None
+    if attempt is not None:
+        await attempt.take_back()  # only failures stay counted
     if user.is_banned:  # only said to whoever knows the password
         raise Forbidden(BANNED)
     now_ms, issued = state.clock_ms(), state.tokens.now()

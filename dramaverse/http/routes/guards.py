@@ -10,7 +10,7 @@ from quart import g, request
 
 from dramaverse.errors import Forbidden, Unauthorized
 from dramaverse.http.auth import TOKEN_INVALID, AuthUser
-from dramaverse.http.cookies import CookieRequest
+from dramaverse.http.cookies import CookieRequest, parse_cookies
 from dramaverse.http.security import RateDecision
 from dramaverse.http.state import app_state
 
@@ -43,6 +43,14 @@ def request_user() -> AuthUser:
         if token is not None:
             return state.perimeter.user_from_token(token)
     return state.perimeter.user_from_header(authorization)
+
+
+def authenticated_by_cookie() -> bool:
+    """Whether :func:`request_user` took the request's credential from the auth cookie (no
+    ``Authorization`` header, an auth cookie): its answer may set or clear the cookies."""
+    if request.headers.get("Authorization") is not None:
+        return False
+    return parse_cookies(CookieRequest.from_headers(request.headers).cookie).token is not None
 
 
 def auth_rate_limited(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:

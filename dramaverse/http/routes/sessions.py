@@ -12,7 +12,8 @@ the ended sessions get 401 on every process and their sockets are closed. A toke
 sessions existed has no session to end: its logout moves the user's cut-off, which signs out
 every token issued before it (all of the user's sessions and legacy tokens).
 
-All routes need a valid Bearer token (401) and count toward ``RATE_LIMIT_USER`` (429).
+All routes need a valid Bearer token or the auth cookie with its CSRF rules (401); a logout by
+cookie clears the cookies. They all count toward ``RATE_LIMIT_USER`` (429).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from quart import Blueprint, Response
 from dramaverse.domain.sessions import SESSION_ID_RULE, is_session_id
 from dramaverse.errors import BadRequest, NotFound
 from dramaverse.http.auth import AuthUser
+from dramaverse.http.cookies import clear_auth_cookies
 from dramaverse.http.responses import json_response
-from dramaverse.http.routes.guards import authenticated
+from dramaverse.http.routes.guards import authenticated, authenticated_by_cookie
 from dramaverse.http.state import app_state
 from dramaverse.storage.accounts import SessionRecord, cutoff_at
 
@@ -64,11 +66,19 @@ async def logout(user: AuthUser) -> Response:
         ended = await state.storage.end_all_sessions(user.id, now, cut_off=True)
         await state.revoker.cut_off(user.id, cutoff_at(now))
         await state.revoker.end_sessions(user.id, ended, now)
-        return json_response({"message": LOGGED_OUT_EVERYWHERE})
+        return _signed_out(LOGGED_OUT_EVERYWHERE)
     await state.storage.end_session(user.id, user.session_id, now)
     # Published even if storage found it ended already: this token must stop here, now.
     await state.revoker.end_sessions(user.id, [user.session_id], now)
-    return json_response({"message": LOGGED_OUT})
+    return _signed_out(LOGGED_OUT)
+
+
+def _signed_out(message: str) -> Response:
+    """The logout answer; a browser signed in by cookie also gets its cookies cleared."""
+    response = json_response({"message": message})
+    if authenticated_by_cookie():
+        clear_auth_cookies(response)
+    return response
 
 
 @blueprint.get("/api/user/sessions")
